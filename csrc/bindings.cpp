@@ -1,0 +1,100 @@
+// pybind11 module pyrnn._C: the CPU kernels behind raw pointers and sizes (no torch headers), with the
+// instruction set picked once at import from cpuid and overridable for tests (PYRNN_ISA or set_isa).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels_api.h"
+
+namespace py = pybind11;
+using pyrnn::RecurrenceArgs;
+
+namespace {
+
+using Kernel = void (*)(const RecurrenceArgs&);
+struct KernelSet {
+  const char* name;
+  Kernel lstm_forward, lstm_backward, gru_forward, gru_backward, rnn_forward, rnn_backward;
+};
+
+#define PYRNN_KERNEL_SET(isa)                                                                          \
+  KernelSet {                                                                                          \
+    #isa, pyrnn::isa::lstm_forward, pyrnn::isa::lstm_backward, pyrnn::isa::gru_forward,               \
+        pyrnn::isa::gru_backward, pyrnn::isa::rnn_forward, pyrnn::isa::rnn_backward                    \
+  }
+
+// Instruction sets this build has and this CPU runs, best first.
+std::vector<KernelSet> supported_sets() {
+  std::vector<KernelSet> sets;
+#if defined(PYRNN_HAVE_AVX512)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq"))
+    sets.push_back(PYRNN_KERNEL_SET(avx512));
+#endif
+#if defined(PYRNN_HAVE_AVX2)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) sets.push_back(PYRNN_KERNEL_SET(avx2));
+#endif
+  sets.push_back(PYRNN_KERNEL_SET(portable));
+  return sets;
+}
+
+const KernelSet* active = nullptr;
+
+void set_isa(const std::string& name) {
+  static const std::vector<KernelSet> sets = supported_sets();
+  for (const auto& s : sets) {
+    if (name == "auto" || name == s.name) {
+      active = &s;
+      return;
+    }
+  }
+  std::string have;
+  for (const auto& s : sets) have += std::string(have.empty() ? "" : ", ") + s.name;
+  throw std::invalid_argument("pyrnn: instruction set '" + name + "' is not available here (have: " + have + ")");
+}
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (const auto& s : supported_sets()) names.emplace_back(s.name);
+  return names;
+}
+
+template <Kernel KernelSet::*member>
+void call(const RecurrenceArgs& args) {
+  if (args.T < 1) throw std::invalid_argument("pyrnn: T must be >= 1");
+  if (args.H < 1) throw std::invalid_argument("pyrnn: H must be >= 1");
+  (active->*member)(args);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyrnn CPU kernels: fused per-layer recurrences (forward and BPTT) on raw pointers";
+  const char* env = std::getenv("PYRNN_ISA");
+  set_isa(env && *env ? env : "auto");
+
+  py::class_<RecurrenceArgs> args(m, "RecurrenceArgs");
+  args.def(py::init<>());
+#define FIELD(name) args.def_readwrite(#name, &RecurrenceArgs::name)
+  FIELD(dtype); FIELD(nonlinearity); FIELD(nthreads); FIELD(reverse); FIELD(T); FIELD(B); FIELD(H); FIELD(P);
+  FIELD(y_stride); FIELD(batch_sizes); FIELD(gx); FIELD(w_hh_t); FIELD(w_hr_t); FIELD(b_hn); FIELD(h0);
+  FIELD(c0); FIELD(y); FIELD(h_n); FIELD(c_n); FIELD(cell); FIELD(proj_in); FIELD(gates); FIELD(gh_n);
+  FIELD(h_prev_ws); FIELD(w_hh); FIELD(w_hr); FIELD(dy); FIELD(dh_n); FIELD(dc_n); FIELD(d_gates);
+  FIELD(d_gates_h); FIELD(dh0); FIELD(dc0); FIELD(dh_total); FIELD(dh_prev_ws); FIELD(dc_prev_ws);
+#undef FIELD
+
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("lstm_forward", &call<&KernelSet::lstm_forward>, nogil);
+  m.def("lstm_backward", &call<&KernelSet::lstm_backward>, nogil);
+  m.def("gru_forward", &call<&KernelSet::gru_forward>, nogil);
+  m.def("gru_backward", &call<&KernelSet::gru_backward>, nogil);
+  m.def("rnn_forward", &call<&KernelSet::rnn_forward>, nogil);
+  m.def("rnn_backward", &call<&KernelSet::rnn_backward>, nogil);
+  m.def("isa", [] { return std::string(active->name); }, "instruction set the kernels run with");
+  m.def("available_isas", &available_isas, "instruction sets this build and CPU support, best first");
+  m.def("set_isa", &set_isa, py::arg("name"), "force an instruction set ('auto' for the best)");
+}

@@ -1,0 +1,58 @@
+// Arguments of one layer-direction recurrence, forward or backward: sizes and raw pointers only, so the core
+// builds without torch headers. Python fills this from tensors' data_ptr(); a pointer of 0 means "absent".
+// N = sum(batch_sizes) packed rows; Hin = P if P > 0 else H (width of the recurrent state h); G gates.
+#pragma once
+
+#include <cstdint>
+
+namespace pyrnn {
+
+enum class DType : int { kFloat32 = 0, kFloat64 = 1 };
+enum class Nonlinearity : int { kTanh = 0, kRelu = 1 };
+
+struct RecurrenceArgs {
+  int dtype = 0;          // DType
+  int nonlinearity = 0;   // Nonlinearity (RNN only)
+  int nthreads = 1;       // upper bound; small problems use fewer
+  bool reverse = false;   // the reverse direction of a bidirectional layer
+  int64_t T = 0, B = 0;   // steps, rows of the first (largest) step
+  int64_t H = 0, P = 0;   // hidden size, projection size (LSTM; 0 = none)
+  int64_t y_stride = 0;   // row stride of y, in elements (>= Hin)
+  uintptr_t batch_sizes = 0;  // int64 [T], non-increasing
+
+  // Forward inputs.
+  uintptr_t gx = 0;       // [N, G*H] input projection W_ih x + biases folded in (not b_hn for GRU)
+  uintptr_t w_hh_t = 0;   // [Hin, G*H] W_hh transposed
+  uintptr_t w_hr_t = 0;   // [H, P] W_hr transposed (LSTM projection)
+  uintptr_t b_hn = 0;     // [H] GRU: the hidden bias of the n gate, which sits inside r * (...)
+  uintptr_t h0 = 0;       // [B, Hin]
+  uintptr_t c0 = 0;       // [B, H] (LSTM)
+  // Forward outputs.
+  uintptr_t y = 0;        // [N, Hin] hidden state after every step
+  uintptr_t h_n = 0;      // [B, Hin] each row's state after its last step
+  uintptr_t c_n = 0;      // [B, H] (LSTM)
+  uintptr_t cell = 0;     // [N, H] LSTM cell state after every step (always needed: it carries the state)
+  uintptr_t proj_in = 0;  // [N, H] LSTM projection input o * tanh(c) (P > 0 only)
+  // Forward workspace kept for the backward (training only; 0 in inference).
+  uintptr_t gates = 0;      // [N, G*H] gate activations
+  uintptr_t gh_n = 0;       // [N, H] GRU: W_hn h + b_hn
+  uintptr_t h_prev_ws = 0;  // [N, Hin] the state entering every step (for dW_hh = dG^T h_prev)
+
+  // Backward inputs (plus the forward's gx-free inputs and outputs above).
+  uintptr_t w_hh = 0;     // [G*H, Hin]
+  uintptr_t w_hr = 0;     // [P, H]
+  uintptr_t dy = 0;       // [N, Hin] dL/dy
+  uintptr_t dh_n = 0;     // [B, Hin]
+  uintptr_t dc_n = 0;     // [B, H] (LSTM)
+  // Backward outputs.
+  uintptr_t d_gates = 0;    // [N, G*H] dL/dgx (pre-activation gate gradients)
+  uintptr_t d_gates_h = 0;  // [N, G*H] GRU: dL/d(W_hh h + b_hh), which differs from d_gates in the n gate
+  uintptr_t dh0 = 0;        // [B, Hin]
+  uintptr_t dc0 = 0;        // [B, H] (LSTM)
+  uintptr_t dh_total = 0;   // [N, P] LSTM projection: dL/dh per step, for dW_hr
+  // Backward workspace.
+  uintptr_t dh_prev_ws = 0;  // [N, Hin] dL/d(state entering each step), read by the step that produced it
+  uintptr_t dc_prev_ws = 0;  // [N, H] LSTM: the same for the cell state
+};
+
+}  // namespace pyrnn

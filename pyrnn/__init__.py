@@ -1,0 +1,28 @@
+"""pyrnn: fused recurrent-network kernels for PyTorch, as drop-in replacements for torch.nn's layers.
+
+    import pyrnn
+    lstm = pyrnn.LSTM(input_size=32, hidden_size=64, num_layers=2, batch_first=True)
+
+The recurrences run in pyrnn's own kernels (C++ on the CPU); torch.nn's recurrent kernels are never called.
+"""
+
+from __future__ import annotations
+
+from . import ops  # noqa: F401  (registers the torch.library ops)
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "backends"]
+__version__ = "0.1.0"
+
+
+def backends() -> dict:
+    """What this installation can run: {backend: {"available": bool, ...details or "reason"}}."""
+    from ._ext import BUILD_HINT, _C, _IMPORT_ERROR
+
+    cpu = {"available": _C is not None}
+    if _C is not None:
+        cpu["isa"] = _C.isa()
+        cpu["isas"] = list(_C.available_isas())
+    else:
+        cpu["reason"] = f"{BUILD_HINT} ({_IMPORT_ERROR})"
+    return {"cpu": cpu}

@@ -1,0 +1,104 @@
+"""Multi-layer, bidirectional recurrences composed from the per-layer ops in pyrnn.ops.
+
+Everything here works on the packed time-major layout: x is [N, I] where step t owns rows
+[offset[t], offset[t] + batch_sizes[t]); a padded [T, B, I] input is the case batch_sizes == [B] * T.
+The input projection of all steps is one GEMM per layer-direction (autograd differentiates it); the
+recurrence runs in pyrnn's kernels.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops
+
+MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+
+
+class LayerWeights(NamedTuple):
+    """Parameters of one layer-direction, as torch.nn names them (biases and w_hr may be None)."""
+
+    w_ih: Tensor  # [G*H, I]
+    w_hh: Tensor  # [G*H, Hin]
+    b_ih: Optional[Tensor]  # [G*H]
+    b_hh: Optional[Tensor]  # [G*H]
+    w_hr: Optional[Tensor] = None  # [P, H]
+
+
+def _needs_workspace(*tensors: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def layer_direction(
+    mode: str,
+    x: Tensor,
+    batch_sizes: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],
+    w: LayerWeights,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One layer-direction. x: [N, I], h0: [B, Hin], c0: [B, H]. Returns y [N, Hin], h_n [B, Hin], c_n."""
+    H = w.w_hh.shape[0] // {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    save = _needs_workspace(x, h0, c0, *w)
+    if mode == "GRU":
+        # b_hn sits inside r * (W_hn h + b_hn): only the r and z hidden biases fold into the input projection.
+        bias, b_hn = None, None
+        if w.b_ih is not None:
+            bias = torch.cat([w.b_ih[: 2 * H] + w.b_hh[: 2 * H], w.b_ih[2 * H :]])
+            b_hn = w.b_hh[2 * H :]
+        gx = _input_projection(x, w.w_ih, bias)  # [N, 3H]
+        y, h_n, *_ = ops.gru_layer(gx, w.w_hh, b_hn, h0, batch_sizes, reverse, save)
+        return y, h_n, None
+    bias = None if w.b_ih is None else w.b_ih + w.b_hh
+    gx = _input_projection(x, w.w_ih, bias)  # [N, G*H]
+    if mode == "LSTM":
+        y, h_n, c_n, *_ = ops.lstm_layer(gx, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse, save)
+        return y, h_n, c_n
+    y, h_n, _ = ops.rnn_layer(gx, w.w_hh, h0, batch_sizes, reverse, mode == "RNN_RELU", save)
+    return y, h_n, None
+
+
+def _input_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
+    # x: [N, I] -> [N, G*H]
+    return torch.addmm(bias, x, w_ih.t()) if bias is not None else x.mm(w_ih.t())
+
+
+def recurrence(
+    mode: str,
+    x: Tensor,
+    batch_sizes: Tensor,
+    hx: Tensor,
+    cx: Optional[Tensor],
+    weights: Sequence[LayerWeights],
+    num_layers: int,
+    dropout: float,
+    training: bool,
+    bidirectional: bool,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """All layers and directions. x: [N, I]; hx: [L*D, B, Hin]; cx: [L*D, B, H] (LSTM);
+    weights in torch.nn order (layer 0 fwd, layer 0 rev, layer 1 fwd, ...).
+    Returns output [N, D*Hin], h_n [L*D, B, Hin], c_n [L*D, B, H] (LSTM) or None."""
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode '{mode}'")
+    D = 2 if bidirectional else 1
+    h_n, c_n = [], []
+    layer_input = x
+    for layer in range(num_layers):
+        outputs = []
+        for d in range(D):
+            k = layer * D + d
+            y, h, c = layer_direction(
+                mode, layer_input, batch_sizes, hx[k], None if cx is None else cx[k], weights[k], reverse=d == 1
+            )
+            outputs.append(y)
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=1)  # [N, D*Hin]
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, p=dropout, training=True)
+    return layer_input, torch.stack(h_n), (torch.stack(c_n) if cx is not None else None)

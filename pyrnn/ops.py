@@ -1,0 +1,390 @@
+"""Autograd-aware ops over one layer-direction recurrence (torch.library custom ops).
+
+Each op takes the input projection gx (computed by the caller with a plain GEMM over all steps, so autograd
+handles W_ih, b_ih and x) and runs the recurrence in pyrnn's own kernels. Shapes, with N packed rows
+(N = T * B for a padded batch), G gates, Hin = P if a projection else H:
+
+    gx: [N, G*H]   w_hh: [G*H, Hin]   w_hr: [P, H]   h0: [B, Hin]   c0: [B, H]   batch_sizes: int64 [T] (CPU)
+    y: [N, Hin]    h_n: [B, Hin]      c_n: [B, H]
+
+The forward also returns the workspace its backward needs (empty tensors when save_workspace is False,
+i.e. in inference). The backward is a custom op too, so torch.compile and opcheck see both as opaque ops;
+the weight gradients are plain matmuls over all steps at once.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._ext import cpu_kernels
+
+__all__ = [
+    "lstm_layer",
+    "lstm_layer_backward",
+    "gru_layer",
+    "gru_layer_backward",
+    "rnn_layer",
+    "rnn_layer_backward",
+]
+
+_KERNEL_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _check_device_and_dtype(gx: Tensor) -> None:
+    if gx.device.type != "cpu":
+        raise NotImplementedError(
+            f"pyrnn: no kernel for {gx.device.type} tensors in this build. pyrnn.backends() lists what is "
+            "available; the GPU kernels need a CUDA machine with triton installed."
+        )
+    if gx.dtype not in _KERNEL_DTYPES:
+        raise TypeError(f"pyrnn: CPU kernels support float32 and float64, got {gx.dtype}")
+
+
+def _args(gx: Tensor, batch_sizes: Tensor, B: int, H: int, P: int, reverse: bool):
+    a = cpu_kernels().RecurrenceArgs()
+    a.dtype = _KERNEL_DTYPES[gx.dtype]
+    a.nthreads = torch.get_num_threads()
+    a.reverse = reverse
+    a.T = batch_sizes.numel()
+    a.B = B
+    a.H = H
+    a.P = P
+    a.y_stride = P if P > 0 else H
+    a.batch_sizes = batch_sizes.data_ptr()
+    return a
+
+
+def _batch_sizes(batch_sizes: Tensor) -> Tensor:
+    return batch_sizes.to(device="cpu", dtype=torch.int64).contiguous()
+
+
+def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad.contiguous()
+
+
+def _require_workspace(ws: Tensor, rows: int, op: str) -> None:
+    if ws.numel() == 0 and rows > 0:
+        raise RuntimeError(
+            f"pyrnn::{op}: the forward ran with save_workspace=False (inference), so it cannot be differentiated"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------- LSTM
+
+
+@torch.library.custom_op("pyrnn::lstm_layer", mutates_args=())
+def lstm_layer(
+    gx: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    save_workspace: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """LSTM recurrence. Returns y, h_n, c_n and the workspace (cell [N,H], proj_in [N,H] (P>0),
+    gates [N,4H], h_prev [N,Hin])."""
+    _check_device_and_dtype(gx)
+    bs = _batch_sizes(batch_sizes)
+    gx = gx.contiguous()
+    N, H, B = gx.shape[0], w_hh.shape[0] // 4, h0.shape[0]
+    P = 0 if w_hr is None else w_hr.shape[0]
+    Hin = P if P > 0 else H
+    w_hh_t = w_hh.t().contiguous()
+    w_hr_t = None if w_hr is None else w_hr.t().contiguous()
+    h0, c0 = h0.contiguous(), c0.contiguous()
+    y, h_n, c_n = gx.new_empty(N, Hin), gx.new_empty(B, Hin), gx.new_empty(B, H)
+    cell = gx.new_empty(N, H)
+    proj_in = gx.new_empty(N, H) if P > 0 else gx.new_empty(0)
+    gates = gx.new_empty(N, 4 * H) if save_workspace else gx.new_empty(0)
+    h_prev = gx.new_empty(N, Hin) if save_workspace else gx.new_empty(0)
+
+    a = _args(gx, bs, B, H, P, reverse)
+    a.gx, a.w_hh_t, a.w_hr_t, a.h0, a.c0 = _ptr(gx), _ptr(w_hh_t), _ptr(w_hr_t), _ptr(h0), _ptr(c0)
+    a.y, a.h_n, a.c_n, a.cell, a.proj_in = _ptr(y), _ptr(h_n), _ptr(c_n), _ptr(cell), _ptr(proj_in)
+    a.gates, a.h_prev_ws = _ptr(gates), _ptr(h_prev)
+    cpu_kernels().lstm_forward(a)
+    return y, h_n, c_n, cell, proj_in, gates, h_prev
+
+
+@lstm_layer.register_fake
+def _(gx, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace):
+    N, H, B = gx.shape[0], w_hh.shape[0] // 4, h0.shape[0]
+    P = 0 if w_hr is None else w_hr.shape[0]
+    Hin = P if P > 0 else H
+    return (
+        gx.new_empty(N, Hin),
+        gx.new_empty(B, Hin),
+        gx.new_empty(B, H),
+        gx.new_empty(N, H),
+        gx.new_empty(N, H) if P > 0 else gx.new_empty(0),
+        gx.new_empty(N, 4 * H) if save_workspace else gx.new_empty(0),
+        gx.new_empty(N, Hin) if save_workspace else gx.new_empty(0),
+    )
+
+
+@torch.library.custom_op("pyrnn::lstm_layer_backward", mutates_args=())
+def lstm_layer_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    dc_n: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    c0: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    cell: Tensor,
+    proj_in: Tensor,
+    gates: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """BPTT of lstm_layer. Returns d_gates [N,4H] (= dL/dgx), dh0, dc0 and dh_total [N,P] (dL/dh per step,
+    for dW_hr; empty without projection)."""
+    _check_device_and_dtype(dy)
+    bs = _batch_sizes(batch_sizes)
+    N, H, B = dy.shape[0], w_hh.shape[0] // 4, dh_n.shape[0]
+    _require_workspace(gates, N, "lstm_layer")
+    P = 0 if w_hr is None else w_hr.shape[0]
+    Hin = P if P > 0 else H
+    dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
+    w_hh, c0 = w_hh.contiguous(), c0.contiguous()
+    w_hr = None if w_hr is None else w_hr.contiguous()
+    d_gates, dh0, dc0 = dy.new_empty(N, 4 * H), dy.new_empty(B, Hin), dy.new_empty(B, H)
+    dh_total = dy.new_empty(N, P) if P > 0 else dy.new_empty(0)
+    dh_prev_ws, dc_prev_ws = dy.new_empty(N, Hin), dy.new_empty(N, H)
+
+    a = _args(dy, bs, B, H, P, reverse)
+    a.w_hh, a.w_hr, a.c0, a.dy, a.dh_n, a.dc_n = _ptr(w_hh), _ptr(w_hr), _ptr(c0), _ptr(dy), _ptr(dh_n), _ptr(dc_n)
+    a.cell, a.proj_in, a.gates = _ptr(cell), _ptr(proj_in), _ptr(gates)
+    a.d_gates, a.dh0, a.dc0, a.dh_total = _ptr(d_gates), _ptr(dh0), _ptr(dc0), _ptr(dh_total)
+    a.dh_prev_ws, a.dc_prev_ws = _ptr(dh_prev_ws), _ptr(dc_prev_ws)
+    cpu_kernels().lstm_backward(a)
+    return d_gates, dh0, dc0, dh_total
+
+
+@lstm_layer_backward.register_fake
+def _(dy, dh_n, dc_n, w_hh, w_hr, c0, batch_sizes, reverse, cell, proj_in, gates):
+    N, H, B = dy.shape[0], w_hh.shape[0] // 4, dh_n.shape[0]
+    P = 0 if w_hr is None else w_hr.shape[0]
+    Hin = P if P > 0 else H
+    return (
+        dy.new_empty(N, 4 * H),
+        dy.new_empty(B, Hin),
+        dy.new_empty(B, H),
+        dy.new_empty(N, P) if P > 0 else dy.new_empty(0),
+    )
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    gx, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace = inputs
+    y, h_n, c_n, cell, proj_in, gates, h_prev = output
+    ctx.save_for_backward(w_hh, w_hr, c0, batch_sizes, cell, proj_in, gates, h_prev)
+    ctx.reverse = reverse
+
+
+def _lstm_backward(ctx, dy, dh_n, dc_n, *_workspace_grads):
+    w_hh, w_hr, c0, batch_sizes, cell, proj_in, gates, h_prev = ctx.saved_tensors
+    N, B, Hin = cell.shape[0], c0.shape[0], w_hh.shape[1]
+    dy = _zeros_if_none(dy, cell.new_empty(N, Hin))
+    dh_n = _zeros_if_none(dh_n, c0.new_empty(B, Hin))
+    dc_n = _zeros_if_none(dc_n, c0)
+    d_gates, dh0, dc0, dh_total = lstm_layer_backward(
+        dy, dh_n, dc_n, w_hh, w_hr, c0, batch_sizes, ctx.reverse, cell, proj_in, gates
+    )
+    dw_hh = d_gates.t().mm(h_prev)  # [4H, Hin]: sum over all steps at once
+    dw_hr = None if w_hr is None else dh_total.t().mm(proj_in)  # [P, H]
+    return d_gates, dw_hh, dw_hr, dh0, dc0, None, None, None
+
+
+lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------------ GRU
+
+
+@torch.library.custom_op("pyrnn::gru_layer", mutates_args=())
+def gru_layer(
+    gx: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor],
+    h0: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    save_workspace: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """GRU recurrence; gx holds W_ih x + b_ih + [b_hr, b_hz, 0]. Returns y, h_n and the workspace
+    (gates r,z,n [N,3H], gh_n = W_hn h + b_hn [N,H], h_prev [N,H])."""
+    _check_device_and_dtype(gx)
+    bs = _batch_sizes(batch_sizes)
+    gx = gx.contiguous()
+    N, H, B = gx.shape[0], w_hh.shape[0] // 3, h0.shape[0]
+    w_hh_t = w_hh.t().contiguous()
+    b_hn = None if b_hn is None else b_hn.contiguous()
+    h0 = h0.contiguous()
+    y, h_n = gx.new_empty(N, H), gx.new_empty(B, H)
+    # h_prev is read by the backward pointwise math, so it is the one workspace kept whenever training.
+    gates = gx.new_empty(N, 3 * H) if save_workspace else gx.new_empty(0)
+    gh_n = gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
+    h_prev = gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
+
+    a = _args(gx, bs, B, H, 0, reverse)
+    a.gx, a.w_hh_t, a.b_hn, a.h0 = _ptr(gx), _ptr(w_hh_t), _ptr(b_hn), _ptr(h0)
+    a.y, a.h_n, a.gates, a.gh_n, a.h_prev_ws = _ptr(y), _ptr(h_n), _ptr(gates), _ptr(gh_n), _ptr(h_prev)
+    cpu_kernels().gru_forward(a)
+    return y, h_n, gates, gh_n, h_prev
+
+
+@gru_layer.register_fake
+def _(gx, w_hh, b_hn, h0, batch_sizes, reverse, save_workspace):
+    N, H, B = gx.shape[0], w_hh.shape[0] // 3, h0.shape[0]
+    ws = (lambda *s: gx.new_empty(*s)) if save_workspace else (lambda *s: gx.new_empty(0))
+    return gx.new_empty(N, H), gx.new_empty(B, H), ws(N, 3 * H), ws(N, H), ws(N, H)
+
+
+@torch.library.custom_op("pyrnn::gru_layer_backward", mutates_args=())
+def gru_layer_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    w_hh: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    gates: Tensor,
+    gh_n: Tensor,
+    h_prev: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """BPTT of gru_layer. Returns d_gates [N,3H] (= dL/dgx), d_gates_h [N,3H] (= dL/d(W_hh h + b_hh)), dh0."""
+    _check_device_and_dtype(dy)
+    bs = _batch_sizes(batch_sizes)
+    N, H, B = dy.shape[0], w_hh.shape[0] // 3, dh_n.shape[0]
+    _require_workspace(gates, N, "gru_layer")
+    dy, dh_n, w_hh = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous()
+    d_gates, d_gates_h, dh0 = dy.new_empty(N, 3 * H), dy.new_empty(N, 3 * H), dy.new_empty(B, H)
+    dh_prev_ws = dy.new_empty(N, H)
+
+    a = _args(dy, bs, B, H, 0, reverse)
+    a.w_hh, a.dy, a.dh_n = _ptr(w_hh), _ptr(dy), _ptr(dh_n)
+    a.gates, a.gh_n, a.h_prev_ws = _ptr(gates), _ptr(gh_n), _ptr(h_prev)
+    a.d_gates, a.d_gates_h, a.dh0, a.dh_prev_ws = _ptr(d_gates), _ptr(d_gates_h), _ptr(dh0), _ptr(dh_prev_ws)
+    cpu_kernels().gru_backward(a)
+    return d_gates, d_gates_h, dh0
+
+
+@gru_layer_backward.register_fake
+def _(dy, dh_n, w_hh, batch_sizes, reverse, gates, gh_n, h_prev):
+    N, H, B = dy.shape[0], w_hh.shape[0] // 3, dh_n.shape[0]
+    return dy.new_empty(N, 3 * H), dy.new_empty(N, 3 * H), dy.new_empty(B, H)
+
+
+def _gru_setup_context(ctx, inputs, output):
+    gx, w_hh, b_hn, h0, batch_sizes, reverse, save_workspace = inputs
+    y, h_n, gates, gh_n, h_prev = output
+    ctx.save_for_backward(w_hh, h0, batch_sizes, gates, gh_n, h_prev)
+    ctx.reverse = reverse
+    ctx.has_b_hn = b_hn is not None
+
+
+def _gru_backward(ctx, dy, dh_n, *_workspace_grads):
+    w_hh, h0, batch_sizes, gates, gh_n, h_prev = ctx.saved_tensors
+    H = w_hh.shape[0] // 3
+    dy = _zeros_if_none(dy, gates.new_empty(gates.shape[0], H))
+    dh_n = _zeros_if_none(dh_n, h0)
+    d_gates, d_gates_h, dh0 = gru_layer_backward(dy, dh_n, w_hh, batch_sizes, ctx.reverse, gates, gh_n, h_prev)
+    dw_hh = d_gates_h.t().mm(h_prev)  # [3H, H]
+    db_hn = d_gates_h[:, 2 * H :].sum(0) if ctx.has_b_hn else None
+    return d_gates, dw_hh, db_hn, dh0, None, None, None
+
+
+gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------------ RNN
+
+
+@torch.library.custom_op("pyrnn::rnn_layer", mutates_args=())
+def rnn_layer(
+    gx: Tensor,
+    w_hh: Tensor,
+    h0: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    relu: bool,
+    save_workspace: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Elman RNN recurrence (tanh, or relu); gx holds W_ih x + b_ih + b_hh. Returns y, h_n, h_prev [N,H]."""
+    _check_device_and_dtype(gx)
+    bs = _batch_sizes(batch_sizes)
+    gx = gx.contiguous()
+    N, H, B = gx.shape[0], w_hh.shape[0], h0.shape[0]
+    w_hh_t = w_hh.t().contiguous()
+    h0 = h0.contiguous()
+    y, h_n = gx.new_empty(N, H), gx.new_empty(B, H)
+    h_prev = gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
+
+    a = _args(gx, bs, B, H, 0, reverse)
+    a.nonlinearity = 1 if relu else 0
+    a.gx, a.w_hh_t, a.h0, a.y, a.h_n, a.h_prev_ws = _ptr(gx), _ptr(w_hh_t), _ptr(h0), _ptr(y), _ptr(h_n), _ptr(h_prev)
+    cpu_kernels().rnn_forward(a)
+    return y, h_n, h_prev
+
+
+@rnn_layer.register_fake
+def _(gx, w_hh, h0, batch_sizes, reverse, relu, save_workspace):
+    N, H, B = gx.shape[0], w_hh.shape[0], h0.shape[0]
+    return gx.new_empty(N, H), gx.new_empty(B, H), gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
+
+
+@torch.library.custom_op("pyrnn::rnn_layer_backward", mutates_args=())
+def rnn_layer_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    w_hh: Tensor,
+    y: Tensor,
+    batch_sizes: Tensor,
+    reverse: bool,
+    relu: bool,
+) -> tuple[Tensor, Tensor]:
+    """BPTT of rnn_layer from its output y. Returns d_gates [N,H] (= dL/dgx) and dh0."""
+    _check_device_and_dtype(dy)
+    bs = _batch_sizes(batch_sizes)
+    N, H, B = dy.shape[0], w_hh.shape[0], dh_n.shape[0]
+    dy, dh_n, w_hh, y = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), y.contiguous()
+    d_gates, dh0, dh_prev_ws = dy.new_empty(N, H), dy.new_empty(B, H), dy.new_empty(N, H)
+
+    a = _args(dy, bs, B, H, 0, reverse)
+    a.nonlinearity = 1 if relu else 0
+    a.w_hh, a.y, a.dy, a.dh_n = _ptr(w_hh), _ptr(y), _ptr(dy), _ptr(dh_n)
+    a.d_gates, a.dh0, a.dh_prev_ws = _ptr(d_gates), _ptr(dh0), _ptr(dh_prev_ws)
+    cpu_kernels().rnn_backward(a)
+    return d_gates, dh0
+
+
+@rnn_layer_backward.register_fake
+def _(dy, dh_n, w_hh, y, batch_sizes, reverse, relu):
+    return dy.new_empty(dy.shape[0], w_hh.shape[0]), dy.new_empty(dh_n.shape)
+
+
+def _rnn_setup_context(ctx, inputs, output):
+    gx, w_hh, h0, batch_sizes, reverse, relu, save_workspace = inputs
+    y, h_n, h_prev = output
+    ctx.save_for_backward(w_hh, h0, batch_sizes, y, h_prev)
+    ctx.reverse, ctx.relu = reverse, relu
+
+
+def _rnn_backward(ctx, dy, dh_n, _h_prev_grad):
+    w_hh, h0, batch_sizes, y, h_prev = ctx.saved_tensors
+    _require_workspace(h_prev, y.shape[0], "rnn_layer")
+    dy = _zeros_if_none(dy, y)
+    dh_n = _zeros_if_none(dh_n, h0)
+    d_gates, dh0 = rnn_layer_backward(dy, dh_n, w_hh, y, batch_sizes, ctx.reverse, ctx.relu)
+    dw_hh = d_gates.t().mm(h_prev)  # [H, H]
+    return d_gates, dw_hh, dh0, None, None, None, None
+
+
+rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
