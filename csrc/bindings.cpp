@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels_api.h"
+#include "thread_team.h"
 
 namespace py = pybind11;
 using pyrnn::RecurrenceArgs;
@@ -94,6 +95,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("gru_backward", &call<&KernelSet::gru_backward>, nogil);
   m.def("rnn_forward", &call<&KernelSet::rnn_forward>, nogil);
   m.def("rnn_backward", &call<&KernelSet::rnn_backward>, nogil);
+  m.def(
+      "set_parallel_threshold", [](int64_t macs) { pyrnn::min_macs_per_thread().store(macs); }, py::arg("macs"),
+      "per-step multiply-adds each extra thread needs (tests set 1 to force the threaded path)");
+  m.def("get_parallel_threshold", [] { return pyrnn::min_macs_per_thread().load(); });
   m.def("isa", [] { return std::string(active->name); }, "instruction set the kernels run with");
   m.def("available_isas", &available_isas, "instruction sets this build and CPU support, best first");
   m.def("set_isa", &set_isa, py::arg("name"), "force an instruction set ('auto' for the best)");

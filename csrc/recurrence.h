@@ -152,7 +152,8 @@ inline void gemm_rows(int64_t rows, Range cols, int64_t K, const T* w, int64_t l
 // Threads worth using for a per-step GEMM of this many multiply-adds: the barrier costs ~1 us per step.
 inline int threads_for(int64_t macs_per_step, int64_t units, int requested) {
   int n = std::max(1, requested);
-  n = static_cast<int>(std::min<int64_t>(n, std::max<int64_t>(1, macs_per_step / 32768)));
+  const int64_t per_thread = std::max<int64_t>(1, min_macs_per_thread().load(std::memory_order_relaxed));
+  n = static_cast<int>(std::min<int64_t>(n, std::max<int64_t>(1, macs_per_step / per_thread)));
   n = static_cast<int>(std::min<int64_t>(n, std::max<int64_t>(1, units / 16)));
   return n;
 }

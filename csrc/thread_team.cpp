@@ -33,6 +33,11 @@ void SpinBarrier::wait() {
   }
 }
 
+std::atomic<int64_t>& min_macs_per_thread() {
+  static std::atomic<int64_t> value{32768};
+  return value;
+}
+
 ThreadTeam& ThreadTeam::instance() {
   // Leaked on purpose: joining threads during interpreter shutdown can deadlock.
   static ThreadTeam* team = [] {

@@ -31,6 +31,10 @@ class SpinBarrier {
   alignas(64) std::atomic<uint32_t> generation_{0};
 };
 
+// Per-step multiply-adds below which one more thread is not worth a barrier per step. Settable so the tests can
+// force the multi-threaded path on tiny problems.
+std::atomic<int64_t>& min_macs_per_thread();
+
 using TeamJob = std::function<void(int tid, int nthreads, SpinBarrier& barrier)>;
 
 class ThreadTeam {

@@ -1,0 +1,266 @@
+"""pyrnn.LSTM / GRU / RNN against torch.nn on a random grid of every option: outputs, final states and every
+gradient (input, h0, c0, all weights) under random upstream gradients on all outputs, with torch's
+recurrent kernels forbidden during the pyrnn calls."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import pyrnn
+from pyrnn import _C
+from conftest import assert_close, forbid_torch_rnn
+
+MODULES = {"LSTM": (nn.LSTM, pyrnn.LSTM), "GRU": (nn.GRU, pyrnn.GRU), "RNN": (nn.RNN, pyrnn.RNN)}
+
+
+@dataclass
+class Config:
+    cell: str
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bias: bool
+    batch_first: bool
+    dropout: float
+    bidirectional: bool
+    proj_size: int
+    nonlinearity: str
+    T: int
+    B: int
+    packed: str  # "no", "sorted", "unsorted"
+    unbatched: bool
+    with_hx: bool
+    training: bool
+    dtype: torch.dtype
+    seed: int
+
+    def kwargs(self):
+        kw = dict(
+            input_size=self.input_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            dropout=self.dropout,
+            bidirectional=self.bidirectional,
+            dtype=self.dtype,
+        )
+        if self.cell == "LSTM":
+            kw["proj_size"] = self.proj_size
+        if self.cell == "RNN":
+            kw["nonlinearity"] = self.nonlinearity
+        return kw
+
+    def __str__(self):
+        d = "f64" if self.dtype == torch.float64 else "f32"
+        return (
+            f"{self.cell}-I{self.input_size}-H{self.hidden_size}-P{self.proj_size}-L{self.num_layers}-T{self.T}-"
+            f"B{self.B}-{'bi' if self.bidirectional else 'uni'}-bias{int(self.bias)}-bf{int(self.batch_first)}-"
+            f"do{self.dropout}-{'train' if self.training else 'eval'}-pk{self.packed}-ub{int(self.unbatched)}-"
+            f"hx{int(self.with_hx)}-{self.nonlinearity}-{d}-s{self.seed}"
+        )
+
+
+def random_configs(n: int, seed: int) -> list[Config]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        cell = rng.choice(["LSTM", "GRU", "RNN"])
+        hidden = rng.choice([1, 3, 8, 33])
+        packed = rng.choice(["no", "no", "sorted", "unsorted"])
+        out.append(
+            Config(
+                cell=cell,
+                input_size=rng.choice([1, 4, 7]),
+                hidden_size=hidden,
+                num_layers=rng.choice([1, 1, 2, 3]),
+                bias=rng.random() < 0.8,
+                batch_first=rng.random() < 0.5,
+                dropout=rng.choice([0.0, 0.0, 0.4]),
+                bidirectional=rng.random() < 0.5,
+                proj_size=rng.choice([0, 0, *range(1, hidden)]) if cell == "LSTM" and hidden > 1 else 0,
+                nonlinearity=rng.choice(["tanh", "relu"]) if cell == "RNN" else "tanh",
+                T=rng.choice([1, 2, 5, 9]),
+                B=rng.choice([1, 3, 4]),
+                packed=packed,
+                unbatched=packed == "no" and rng.random() < 0.2,
+                with_hx=rng.random() < 0.6,
+                training=rng.random() < 0.6,
+                dtype=rng.choice([torch.float32, torch.float64]),
+                seed=i,
+            )
+        )
+    return out
+
+
+def make_pair(cfg: Config):
+    torch_cls, pyrnn_cls = MODULES[cfg.cell]
+    with pytest.warns(UserWarning) if cfg.dropout > 0 and cfg.num_layers == 1 else _nullcontext():
+        ref = torch_cls(**cfg.kwargs())
+    ours = pyrnn_cls(**cfg.kwargs())
+    ours.load_state_dict(ref.state_dict())
+    ref.train(cfg.training)
+    ours.train(cfg.training)
+    return ref, ours
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def make_inputs(cfg: Config, gen: torch.Generator):
+    D = 2 if cfg.bidirectional else 1
+    h_size = cfg.proj_size or cfg.hidden_size
+    opts = dict(dtype=cfg.dtype, generator=gen)
+    x = torch.randn(cfg.T, cfg.B, cfg.input_size, **opts)
+    lengths = None
+    if cfg.packed != "no":
+        lengths = torch.randint(1, cfg.T + 1, (cfg.B,), generator=gen)
+        lengths[torch.randint(0, cfg.B, (1,), generator=gen)] = cfg.T  # the longest row spans T
+        if cfg.packed == "sorted":
+            lengths = lengths.sort(descending=True).values
+    if cfg.batch_first:
+        x = x.transpose(0, 1).contiguous()
+    if cfg.unbatched:
+        x = x[0] if cfg.batch_first else x[:, 0]
+    batch = () if cfg.unbatched else (cfg.B,)
+    hx = None
+    if cfg.with_hx:
+        h0 = torch.randn(cfg.num_layers * D, *batch, h_size, **opts)
+        hx = h0
+        if cfg.cell == "LSTM":
+            hx = (h0, torch.randn(cfg.num_layers * D, *batch, cfg.hidden_size, **opts))
+    return x, lengths, hx
+
+
+def _leaves(x, hx):
+    x = x.clone().requires_grad_(True)
+    if hx is None:
+        return x, None
+    if isinstance(hx, tuple):
+        return x, tuple(h.clone().requires_grad_(True) for h in hx)
+    return x, hx.clone().requires_grad_(True)
+
+
+def run(module, cfg, x, lengths, hx, upstream_seed, dropout_seed, forbid=False):
+    x, hx = _leaves(x, hx)
+    inp = x
+    if lengths is not None:
+        inp = pack_padded_sequence(x, lengths, batch_first=cfg.batch_first, enforce_sorted=cfg.packed == "sorted")
+    torch.manual_seed(dropout_seed)
+    if forbid:
+        with forbid_torch_rnn():
+            out, hidden = module(inp, hx)
+    else:
+        out, hidden = module(inp, hx)
+    out_t = out.data if isinstance(out, PackedSequence) else out
+    results = [out_t, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+    gen = torch.Generator().manual_seed(upstream_seed)
+    loss = sum((r * torch.randn(r.shape, dtype=r.dtype, generator=gen)).sum() for r in results)
+    leaves = [x, *(() if hx is None else (hx if isinstance(hx, tuple) else (hx,))), *module.parameters()]
+    if forbid:
+        with forbid_torch_rnn():
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    else:
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    names = ["x", *[f"hx[{i}]" for i in range(len(leaves) - 1 - len(list(module.parameters())))]]
+    names += [n for n, _ in module.named_parameters()]
+    return results, dict(zip(names, grads))
+
+
+CONFIGS = random_configs(320, seed=2026)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+def test_matches_torch_nn(cfg: Config):
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    ref, ours = make_pair(cfg)
+    x, lengths, hx = make_inputs(cfg, gen)
+    exp_out, exp_grads = run(ref, cfg, x, lengths, hx, cfg.seed, cfg.seed + 1)
+    got_out, got_grads = run(ours, cfg, x, lengths, hx, cfg.seed, cfg.seed + 1, forbid=True)
+    for i, (g, e) in enumerate(zip(got_out, exp_out)):
+        assert g.shape == e.shape, f"output {i} shape"
+        assert_close(g, e, cfg.dtype, f"output {i}")
+    assert got_grads.keys() == exp_grads.keys()
+    for name in exp_grads:
+        assert_close(got_grads[name], exp_grads[name], cfg.dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threaded_path_matches(cell, threads, monkeypatch):
+    """Force the multi-threaded kernels on small odd sizes (units split unevenly across threads)."""
+    old = _C.get_parallel_threshold()
+    _C.set_parallel_threshold(1)
+    try:
+        torch.set_num_threads(threads)
+        for hidden, proj in [(33, 0), (47, 0), (40, 17)] if cell == "LSTM" else [(33, 0), (47, 0)]:
+            cfg = Config(cell, 5, hidden, 2, True, False, 0.0, True, proj, "tanh", 7, 6, "unsorted", False, True,
+                         True, torch.float64, hidden)
+            ref, ours = make_pair(cfg)
+            x, lengths, hx = make_inputs(cfg, torch.Generator().manual_seed(hidden))
+            exp_out, exp_grads = run(ref, cfg, x, lengths, hx, 1, 2)
+            got_out, got_grads = run(ours, cfg, x, lengths, hx, 1, 2, forbid=True)
+            for g, e in zip(got_out, exp_out):
+                assert_close(g, e, cfg.dtype, "output")
+            for name in exp_grads:
+                assert_close(got_grads[name], exp_grads[name], cfg.dtype, f"grad {name}")
+    finally:
+        _C.set_parallel_threshold(old)
+        torch.set_num_threads(2)
+
+
+@pytest.mark.parametrize("isa", _C.available_isas())
+def test_every_instruction_set(isa):
+    """Each compiled instruction-set variant gives torch.nn's results."""
+    try:
+        _C.set_isa(isa)
+        for cell in ["LSTM", "GRU", "RNN"]:
+            cfg = Config(cell, 6, 37, 2, True, True, 0.0, True, 5 if cell == "LSTM" else 0, "relu", 6, 5, "no",
+                         False, True, True, torch.float32, 3)
+            ref, ours = make_pair(cfg)
+            x, lengths, hx = make_inputs(cfg, torch.Generator().manual_seed(3))
+            exp_out, exp_grads = run(ref, cfg, x, lengths, hx, 1, 2)
+            got_out, got_grads = run(ours, cfg, x, lengths, hx, 1, 2, forbid=True)
+            for g, e in zip(got_out, exp_out):
+                assert_close(g, e, cfg.dtype, f"{isa} output")
+            for name in exp_grads:
+                assert_close(got_grads[name], exp_grads[name], cfg.dtype, f"{isa} grad {name}")
+    finally:
+        _C.set_isa("auto")
+
+
+def test_zero_batch_is_accepted():
+    for cls in (pyrnn.LSTM, pyrnn.GRU, pyrnn.RNN):
+        m = cls(4, 6, num_layers=2, bidirectional=True)
+        out, hidden = m(torch.randn(3, 0, 4))
+        assert out.shape == (3, 0, 12)
+        h = hidden[0] if isinstance(hidden, tuple) else hidden
+        assert h.shape == (4, 0, 6)
+
+
+def test_larger_sizes_float32():
+    """Sizes the benchmarks use, so multi-threaded blocking with full panels is covered."""
+    torch.manual_seed(0)
+    for cell in ["LSTM", "GRU", "RNN"]:
+        cfg = Config(cell, 64, 130, 2, True, False, 0.0, True, 0, "tanh", 12, 16, "no", False, True, True,
+                     torch.float32, 0)
+        ref, ours = make_pair(cfg)
+        x, lengths, hx = make_inputs(cfg, torch.Generator().manual_seed(0))
+        exp_out, exp_grads = run(ref, cfg, x, lengths, hx, 1, 2)
+        got_out, got_grads = run(ours, cfg, x, lengths, hx, 1, 2, forbid=True)
+        for g, e in zip(got_out, exp_out):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+        for name in exp_grads:
+            torch.testing.assert_close(got_grads[name], exp_grads[name], rtol=1e-4, atol=2e-5)
