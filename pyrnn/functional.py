@@ -85,6 +85,15 @@ def recurrence(
     Returns output [N, D*Hin], h_n [L*D, B, Hin], c_n [L*D, B, H] (LSTM) or None."""
     if mode not in MODES:
         raise ValueError(f"Unknown mode '{mode}'")
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+        # The CPU kernels compute in float32 (as torch does for half types); gradients flow back through the casts.
+        f32 = lambda t: None if t is None else t.float()  # noqa: E731
+        out, h_n, c_n = recurrence(
+            mode, x.float(), batch_sizes, hx.float(), f32(cx),
+            [LayerWeights(*(f32(t) for t in w)) for w in weights],
+            num_layers, dropout, training, bidirectional,
+        )
+        return out.to(x.dtype), h_n.to(x.dtype), None if c_n is None else c_n.to(x.dtype)
     D = 2 if bidirectional else 1
     h_n, c_n = [], []
     layer_input = x

@@ -192,7 +192,7 @@ class RNNCell(nn.RNNCell):
         else:
             hx = hx if is_batched else hx.unsqueeze(0)
         _check_cell_input(self, input)
-        _check_cell_hidden(self, input, hx, "")
+        _check_cell_hidden(self, input, hx, "0")
         mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
         h, _, _ = _cell_step(mode, self, input, hx, None)
         return h if is_batched else h.squeeze(0)
@@ -213,7 +213,7 @@ class GRUCell(nn.GRUCell):
         else:
             hx = hx if is_batched else hx.unsqueeze(0)
         _check_cell_input(self, input)
-        _check_cell_hidden(self, input, hx, "")
+        _check_cell_hidden(self, input, hx, "0")
         h, _, _ = _cell_step("GRU", self, input, hx, None)
         return h if is_batched else h.squeeze(0)
 
@@ -236,7 +236,7 @@ class LSTMCell(nn.LSTMCell):
         else:
             hx = hx if is_batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
         _check_cell_input(self, input)
-        _check_cell_hidden(self, input, hx[0], "[0]")
-        _check_cell_hidden(self, input, hx[1], "[1]")
+        _check_cell_hidden(self, input, hx[0], "0")
+        _check_cell_hidden(self, input, hx[1], "1")
         h, _, c = _cell_step("LSTM", self, input, hx[0], hx[1])
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))

@@ -47,6 +47,48 @@ def _check_device_and_dtype(gx: Tensor) -> None:
         raise TypeError(f"pyrnn: CPU kernels support float32 and float64, got {gx.dtype}")
 
 
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise RuntimeError(f"pyrnn: {msg}")
+
+
+def _validate(gx: Tensor, gates: int, w_hh: Tensor, h0: Tensor, batch_sizes: Tensor, c0=None, w_hr=None, b_hn=None):
+    """The kernels read raw pointers: every shape and dtype is checked here, before any is touched."""
+    _check(gx.dim() == 2 and w_hh.dim() == 2 and h0.dim() == 2, "gx, w_hh and h0 must be 2-D")
+    H = w_hh.shape[0] // gates
+    P = 0 if w_hr is None else w_hr.shape[0]
+    Hin = P if P > 0 else H
+    _check(H > 0 and w_hh.shape[0] == gates * H, f"w_hh must have {gates}*H rows, got {tuple(w_hh.shape)}")
+    _check(w_hh.shape[1] == Hin, f"w_hh must be [{gates}*H, {Hin}], got {tuple(w_hh.shape)}")
+    _check(gx.shape[1] == gates * H, f"gx must be [N, {gates * H}], got {tuple(gx.shape)}")
+    _check(h0.shape[1] == Hin, f"h0 must be [B, {Hin}], got {tuple(h0.shape)}")
+    if w_hr is not None:
+        _check(w_hr.dim() == 2 and w_hr.shape[1] == H and 0 < P < H, f"w_hr must be [P, {H}] with P < H")
+    if c0 is not None:
+        _check(c0.shape == (h0.shape[0], H), f"c0 must be [{h0.shape[0]}, {H}], got {tuple(c0.shape)}")
+    if b_hn is not None:
+        _check(b_hn.shape == (H,), f"b_hn must be [{H}], got {tuple(b_hn.shape)}")
+    for name, t in (("w_hh", w_hh), ("h0", h0), ("c0", c0), ("w_hr", w_hr), ("b_hn", b_hn)):
+        if t is not None:
+            _check(t.dtype == gx.dtype, f"Expected {name} dtype {gx.dtype}, got {t.dtype}")
+            _check(t.device == gx.device, f"Expected {name} on {gx.device}, got {t.device}")
+    _check(batch_sizes.dim() == 1 and batch_sizes.numel() > 0, "batch_sizes must be a non-empty 1-D tensor")
+    bs = batch_sizes.tolist()
+    _check(bs[0] == h0.shape[0], f"batch_sizes[0] ({bs[0]}) must equal the batch of h0 ({h0.shape[0]})")
+    _check(all(a >= b >= 0 for a, b in zip(bs, bs[1:])) and bs[-1] >= 0, "batch_sizes must be non-increasing")
+    _check(sum(bs) == gx.shape[0], f"batch_sizes sum to {sum(bs)} but gx has {gx.shape[0]} rows")
+
+
+def _validate_backward(dy: Tensor, dh_n: Tensor, batch_sizes: Tensor, rows: int, Hin: int, workspace: dict):
+    N = int(batch_sizes.sum())
+    _check(dy.shape == (N, Hin), f"dy must be [{N}, {Hin}], got {tuple(dy.shape)}")
+    _check(dh_n.dim() == 2 and dh_n.shape[1] == Hin, f"dh_n must be [B, {Hin}], got {tuple(dh_n.shape)}")
+    _check(batch_sizes.numel() == 0 or int(batch_sizes[0]) == dh_n.shape[0], "dh_n batch must be batch_sizes[0]")
+    for name, (t, shape) in workspace.items():
+        _check(t.numel() == 0 and rows == 0 or tuple(t.shape) == shape, f"{name} must be {shape}, got {tuple(t.shape)}")
+        _check(t.dtype == dy.dtype, f"Expected {name} dtype {dy.dtype}, got {t.dtype}")
+
+
 def _args(gx: Tensor, batch_sizes: Tensor, B: int, H: int, P: int, reverse: bool):
     a = cpu_kernels().RecurrenceArgs()
     a.dtype = _KERNEL_DTYPES[gx.dtype]
@@ -93,6 +135,7 @@ def lstm_layer(
     """LSTM recurrence. Returns y, h_n, c_n and the workspace (cell [N,H], proj_in [N,H] (P>0),
     gates [N,4H], h_prev [N,Hin])."""
     _check_device_and_dtype(gx)
+    _validate(gx, 4, w_hh, h0, batch_sizes, c0=c0, w_hr=w_hr)
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
     N, H, B = gx.shape[0], w_hh.shape[0] // 4, h0.shape[0]
@@ -153,6 +196,10 @@ def lstm_layer_backward(
     _require_workspace(gates, N, "lstm_layer")
     P = 0 if w_hr is None else w_hr.shape[0]
     Hin = P if P > 0 else H
+    ws = {"cell": (cell, (N, H)), "gates": (gates, (N, 4 * H)), "dc_n": (dc_n, (B, H)), "c0": (c0, (B, H))}
+    if P > 0:
+        ws["proj_in"] = (proj_in, (N, H))
+    _validate_backward(dy, dh_n, bs, N, Hin, ws)
     dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
     w_hh, c0 = w_hh.contiguous(), c0.contiguous()
     w_hr = None if w_hr is None else w_hr.contiguous()
@@ -222,6 +269,7 @@ def gru_layer(
     """GRU recurrence; gx holds W_ih x + b_ih + [b_hr, b_hz, 0]. Returns y, h_n and the workspace
     (gates r,z,n [N,3H], gh_n = W_hn h + b_hn [N,H], h_prev [N,H])."""
     _check_device_and_dtype(gx)
+    _validate(gx, 3, w_hh, h0, batch_sizes, b_hn=b_hn)
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
     N, H, B = gx.shape[0], w_hh.shape[0] // 3, h0.shape[0]
@@ -264,6 +312,8 @@ def gru_layer_backward(
     bs = _batch_sizes(batch_sizes)
     N, H, B = dy.shape[0], w_hh.shape[0] // 3, dh_n.shape[0]
     _require_workspace(gates, N, "gru_layer")
+    ws = {"gates": (gates, (N, 3 * H)), "gh_n": (gh_n, (N, H)), "h_prev": (h_prev, (N, H))}
+    _validate_backward(dy, dh_n, bs, N, H, ws)
     dy, dh_n, w_hh = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous()
     d_gates, d_gates_h, dh0 = dy.new_empty(N, 3 * H), dy.new_empty(N, 3 * H), dy.new_empty(B, H)
     dh_prev_ws = dy.new_empty(N, H)
@@ -319,6 +369,7 @@ def rnn_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Elman RNN recurrence (tanh, or relu); gx holds W_ih x + b_ih + b_hh. Returns y, h_n, h_prev [N,H]."""
     _check_device_and_dtype(gx)
+    _validate(gx, 1, w_hh, h0, batch_sizes)
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
     N, H, B = gx.shape[0], w_hh.shape[0], h0.shape[0]
@@ -354,6 +405,7 @@ def rnn_layer_backward(
     _check_device_and_dtype(dy)
     bs = _batch_sizes(batch_sizes)
     N, H, B = dy.shape[0], w_hh.shape[0], dh_n.shape[0]
+    _validate_backward(dy, dh_n, bs, N, H, {"y": (y, (N, H)), "w_hh": (w_hh, (H, H))})
     dy, dh_n, w_hh, y = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), y.contiguous()
     d_gates, dh0, dh_prev_ws = dy.new_empty(N, H), dy.new_empty(B, H), dy.new_empty(N, H)
 
