@@ -80,3 +80,12 @@ def test_torch_compile_matches_eager(cls):
     grad = torch.autograd.grad(out.sum(), x)[0]
     torch.testing.assert_close(out, eager_out)
     torch.testing.assert_close(grad, eager_grad)
+
+
+def test_double_backward_raises_clearly():
+    m = pyrnn.GRU(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = m(x)
+    (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        g.sum().backward()

@@ -1,0 +1,253 @@
+"""Side-by-side benchmark report: pyrnn against torch.nn in one run, same weights, same inputs.
+
+    python -m pyrnn.bench                # the standard grid on this machine's CPU
+    python -m pyrnn.bench --quick        # a smaller grid (a minute or two)
+    python -m pyrnn.bench --json out.json --plot speedup.png
+
+Every timing includes the input projection (equal work on both sides). The two implementations are timed
+interleaved, call for call, so machine noise hits both alike; the report gives medians, the ratio
+torch.nn time / pyrnn time (> 1 means pyrnn is faster) and pyrnn's achieved GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import pyrnn
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+@dataclass
+class Case:
+    cell: str
+    T: int
+    B: int
+    H: int
+    I: Optional[int] = None  # defaults to H
+    layers: int = 1
+    bidirectional: bool = False
+    proj: int = 0
+    packed: bool = False
+    dtype: str = "float32"
+    train: bool = True
+
+    @property
+    def input_size(self) -> int:
+        return self.I or self.H
+
+    def label(self) -> str:
+        extra = [f"L{self.layers}"] if self.layers > 1 else []
+        extra += ["bi"] if self.bidirectional else []
+        extra += [f"P{self.proj}"] if self.proj else []
+        extra += ["packed"] if self.packed else []
+        extra += ["f64"] if self.dtype == "float64" else []
+        return (f"{self.cell:4s} {'train' if self.train else 'infer'} T={self.T} B={self.B} H={self.H}"
+                + (f" I={self.I}" if self.I else "") + (" " + " ".join(extra) if extra else ""))
+
+    def flops(self) -> float:
+        """Multiply-adds x2 of the forward (x3 for forward+backward), input projection included."""
+        G, D, Hin = GATES[self.cell], 2 if self.bidirectional else 1, self.proj or self.H
+        total = 0.0
+        rows = self.T * self.B
+        for layer in range(self.layers):
+            inp = self.input_size if layer == 0 else D * Hin
+            per_dir = 2.0 * rows * G * self.H * (inp + Hin) + (2.0 * rows * self.H * self.proj if self.proj else 0)
+            total += D * per_dir
+        return total * (3 if self.train else 1)
+
+
+@dataclass
+class Result:
+    case: Case
+    torch_ms: float
+    pyrnn_ms: float
+    ratio: float
+    pyrnn_gflops: float
+    torch_gflops: float
+    samples: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _build(case: Case):
+    dtype = getattr(torch, case.dtype)
+    kw = dict(num_layers=case.layers, bidirectional=case.bidirectional, dtype=dtype)
+    if case.proj:
+        kw["proj_size"] = case.proj
+    ref = getattr(nn, case.cell)(case.input_size, case.H, **kw)
+    ours = getattr(pyrnn, case.cell)(case.input_size, case.H, **kw)
+    ours.load_state_dict(ref.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(case.T, case.B, case.input_size, dtype=dtype, generator=gen)
+    if case.packed:
+        lengths = torch.linspace(case.T, max(1, case.T // 2), case.B).long()
+        make_input = lambda: pack_padded_sequence(x.requires_grad_(case.train), lengths)  # noqa: E731
+    else:
+        make_input = lambda: x.requires_grad_(case.train)  # noqa: E731
+    return ref, ours, make_input
+
+
+def _step(module: nn.Module, make_input: Callable, train: bool) -> Callable[[], None]:
+    if train:
+        def run():
+            module.zero_grad(set_to_none=True)
+            out, _ = module(make_input())
+            data = out.data if hasattr(out, "batch_sizes") else out
+            data.sum().backward()
+    else:
+        def run():
+            with torch.no_grad():
+                module(make_input())
+    return run
+
+
+def time_case(case: Case, min_time: float = 1.0, min_samples: int = 5, max_samples: int = 50) -> Result:
+    ref, ours, make_input = _build(case)
+    fns = {"torch": _step(ref, make_input, case.train), "pyrnn": _step(ours, make_input, case.train)}
+    for fn in fns.values():  # warm-up: allocations, weight packing, thread start
+        fn()
+    times = {"torch": [], "pyrnn": []}
+    start = time.perf_counter()
+    while True:
+        for name, fn in fns.items():  # interleaved, so noise hits both alike
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        n = len(times["torch"])
+        if n >= max_samples or (n >= min_samples and time.perf_counter() - start > min_time):
+            break
+    t_ms = statistics.median(times["torch"]) * 1e3
+    p_ms = statistics.median(times["pyrnn"]) * 1e3
+    fl = case.flops()
+    return Result(case, t_ms, p_ms, t_ms / p_ms, fl / p_ms / 1e6, fl / t_ms / 1e6, n)
+
+
+def standard_grid(quick: bool = False) -> list[Case]:
+    cases: list[Case] = []
+    cells = ["LSTM", "GRU", "RNN"]
+    for cell in cells:
+        cases += [
+            Case(cell, 100, 64, 256, train=True),
+            Case(cell, 100, 64, 256, train=False),
+            Case(cell, 35, 20, 200, layers=2, train=True),
+            Case(cell, 200, 1, 256, train=True),
+            Case(cell, 200, 1, 256, train=False),
+        ]
+        if not quick:
+            cases += [
+                Case(cell, 100, 64, 512, train=False),
+                Case(cell, 200, 1, 128, train=True),
+                Case(cell, 50, 32, 128, dtype="float64", train=True),
+                Case(cell, 50, 32, 128, packed=True, train=True),
+                Case(cell, 50, 32, 128, bidirectional=True, train=True),
+            ]
+    if not quick:
+        cases += [Case("LSTM", 50, 32, 256, proj=128, train=True), Case("LSTM", 50, 32, 256, proj=128, train=False)]
+    return cases
+
+
+def machine_info() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyrnn": pyrnn.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "backends": pyrnn.backends(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def _progress(i: int, n: int, label: str) -> None:
+    if sys.stderr.isatty():
+        width = 30
+        done = int(width * i / n)
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{n} {label[:60]:60s}")
+        sys.stderr.flush()
+    else:
+        sys.stderr.write(f"[{i + 1}/{n}] {label}\n")
+
+
+def format_table(results: list[Result]) -> str:
+    head = f"{'case':48s} {'torch.nn ms':>12s} {'pyrnn ms':>10s} {'speedup':>8s} {'pyrnn GF/s':>11s} {'torch GF/s':>11s}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(f"{r.case.label():48s} {r.torch_ms:12.2f} {r.pyrnn_ms:10.2f} {r.ratio:7.2f}x "
+                     f"{r.pyrnn_gflops:11.1f} {r.torch_gflops:11.1f}")
+    ratios = [r.ratio for r in results]
+    if ratios:
+        lines.append("-" * len(head))
+        geo = statistics.geometric_mean(ratios)
+        lines.append(f"median speedup {statistics.median(ratios):.2f}x, geometric mean {geo:.2f}x over {len(ratios)} cases")
+    return "\n".join(lines)
+
+
+def plot(results: list[Result], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(results) + 1.5))
+    labels = [r.case.label() for r in results]
+    ax.barh(range(len(results)), [r.ratio for r in results], color=["tab:green" if r.ratio >= 1 else "tab:red" for r in results])
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set_yticks(range(len(results)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup: torch.nn time / pyrnn time")
+    ax.set_title("pyrnn vs torch.nn (median of interleaved runs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pyrnn.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller grid")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per case, at least")
+    p.add_argument("--cell", action="append", choices=list(GATES), help="only these cells")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--plot", metavar="PATH", help="also write a PNG of the speedups (needs matplotlib)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = [c for c in standard_grid(args.quick) if not args.cell or c.cell in args.cell]
+    info = machine_info()
+    print(f"pyrnn {info['pyrnn']} vs torch {info['torch']} on {info.get('cpu', info['machine'])}, "
+          f"{info['threads']} threads, CPU kernels: {info['backends']['cpu'].get('isa')}")
+    results = []
+    for i, case in enumerate(cases):
+        _progress(i, len(cases), case.label())
+        results.append(time_case(case, min_time=args.min_time))
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "results": [asdict(r) for r in results]}, f, indent=1)
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
