@@ -2,6 +2,7 @@
 // shared time-loop driver. Gates are r, z, n:
 //   r = s(gx_r + W_hr h),  z = s(gx_z + W_hz h),  n = tanh(gx_n + r * (W_hn h + b_hn)),  h' = (1-z)*n + z*h
 // The r and z hidden biases are folded into gx by the caller; b_hn cannot be, since r multiplies it.
+// Every function works on `cnt` consecutive hidden units starting at u, one SIMD vector.
 #include "kernels_api.h"
 #include "recurrence.h"
 
@@ -11,7 +12,9 @@ namespace {
 
 template <typename T>
 struct GruCell {
+  using V = Vec<T>;
   static constexpr int G = 3;
+  static constexpr int NU = 1;
   static constexpr bool kHasDirectPath = true;  // dL/dh_prev gets dh * z besides W_hh^T dG
 
   int64_t H, ys;
@@ -30,38 +33,40 @@ struct GruCell {
         gates(mptr<T>(a.gates)), gh_n(mptr<T>(a.gh_n)), h_prev_ws(cptr<T>(a.h_prev_ws)),
         d_gates(mptr<T>(a.d_gates)), d_gates_h(mptr<T>(a.d_gates_h)) {}
 
-  void forward_point(int64_t n, int64_t /*b*/, int64_t /*prev*/, int64_t j, const T* h_prev, const T* acc) {
-    const T* gxr = gx + n * 3 * H;
-    const T r = sigmoid(acc[0] + gxr[j]);
-    const T z = sigmoid(acc[1] + gxr[H + j]);
-    const T ghn = acc[2] + (b_hn ? b_hn[j] : T(0));
-    const T nn = std::tanh(gxr[2 * H + j] + r * ghn);
-    y[n * ys + j] = (T(1) - z) * nn + z * h_prev[j];
+  void forward_vec(int64_t n, int64_t, int64_t, int64_t u, int cnt, const T* h_prev, const V* acc) {
+    const T* gxr = gx + n * 3 * H + u;
+    const V r = vsigmoid(acc[0] + vload(gxr, cnt));
+    const V z = vsigmoid(acc[1] + vload(gxr + H, cnt));
+    const V ghn = b_hn ? acc[2] + vload(b_hn + u, cnt) : acc[2];
+    const V nn = vtanh(vload(gxr + 2 * H, cnt) + r * ghn);
+    vstore(y + n * ys + u, (T(1) - z) * nn + z * vload(h_prev + u, cnt), cnt);
     if (gates) {
-      T* gr = gates + n * 3 * H;
-      gr[j] = r;
-      gr[H + j] = z;
-      gr[2 * H + j] = nn;
-      gh_n[n * H + j] = ghn;
+      T* gr = gates + n * 3 * H + u;
+      vstore(gr, r, cnt);
+      vstore(gr + H, z, cnt);
+      vstore(gr + 2 * H, nn, cnt);
+      vstore(gh_n + n * H + u, ghn, cnt);
     }
   }
   const T* proj_input_row(int64_t) const { return nullptr; }
   void finish_row(int64_t, int64_t) {}
 
-  void backward_point(int64_t n, int64_t /*b*/, int64_t j, T dh, int64_t /*next*/, int64_t /*prev*/) {
-    const T* gr = gates + n * 3 * H;
-    const T r = gr[j], z = gr[H + j], nn = gr[2 * H + j];
-    const T dn = dh * (T(1) - z) * (T(1) - nn * nn);
-    const T dz = dh * (h_prev_ws[n * H + j] - nn) * z * (T(1) - z);
-    const T dr = dn * gh_n[n * H + j] * r * (T(1) - r);
-    T* dg = d_gates + n * 3 * H;
-    T* dgh = d_gates_h + n * 3 * H;
-    dg[j] = dgh[j] = dr;
-    dg[H + j] = dgh[H + j] = dz;
-    dg[2 * H + j] = dn;
-    dgh[2 * H + j] = dn * r;
+  void backward_vec(int64_t n, int64_t, int64_t u, int cnt, V dh, int64_t, int64_t) {
+    const T* gr = gates + n * 3 * H + u;
+    const V r = vload(gr, cnt), z = vload(gr + H, cnt), nn = vload(gr + 2 * H, cnt);
+    const V dn = dh * (T(1) - z) * (T(1) - nn * nn);
+    const V dz = dh * (vload(h_prev_ws + n * H + u, cnt) - nn) * z * (T(1) - z);
+    const V dr = dn * vload(gh_n + n * H + u, cnt) * r * (T(1) - r);
+    T* dg = d_gates + n * 3 * H + u;
+    T* dgh = d_gates_h + n * 3 * H + u;
+    vstore(dg, dr, cnt);
+    vstore(dgh, dr, cnt);
+    vstore(dg + H, dz, cnt);
+    vstore(dgh + H, dz, cnt);
+    vstore(dg + 2 * H, dn, cnt);
+    vstore(dgh + 2 * H, dn * r, cnt);
   }
-  T dh_prev_extra(int64_t n, int64_t /*b*/, int64_t k, T dh) const { return dh * gates[n * 3 * H + H + k]; }
+  V dh_extra(int64_t n, int64_t u, int cnt, V dh) const { return dh * vload(gates + n * 3 * H + H + u, cnt); }
 };
 
 }  // namespace

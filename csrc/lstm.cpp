@@ -1,6 +1,7 @@
 // LSTM cell on the CPU: forward and backward pointwise math, run by the shared time-loop driver.
 // Gates (rows of W_ih / W_hh / biases) are i, f, g, o.  c' = f*c + i*g,  h' = o*tanh(c'),
 // with a projection (P > 0) the state is W_hr h' and the cell state c stays unprojected.
+// Every function works on `cnt` consecutive hidden units starting at u, one SIMD vector.
 #include "kernels_api.h"
 #include "recurrence.h"
 
@@ -10,7 +11,9 @@ namespace {
 
 template <typename T>
 struct LstmCell {
+  using V = Vec<T>;
   static constexpr int G = 4;
+  static constexpr int NU = 1;  // unit vectors per forward panel: 4 gates x 1 vector
   static constexpr bool kHasDirectPath = false;
 
   int64_t H, P, ys;
@@ -33,48 +36,44 @@ struct LstmCell {
         dc_n(cptr<T>(a.dc_n)), d_gates(mptr<T>(a.d_gates)), dc0(mptr<T>(a.dc0)),
         dc_prev_ws(mptr<T>(a.dc_prev_ws)) {}
 
-  T c_prev(int64_t b, int64_t prev, int64_t j) const { return prev >= 0 ? cell[prev * H + j] : c0[b * H + j]; }
+  const T* c_prev(int64_t b, int64_t prev, int64_t u) const { return prev >= 0 ? cell + prev * H + u : c0 + b * H + u; }
 
-  void forward_point(int64_t n, int64_t b, int64_t prev, int64_t j, const T* /*h_prev*/, const T* acc) {
-    const T* gxr = gx + n * 4 * H;
-    const T i = sigmoid(acc[0] + gxr[j]);
-    const T f = sigmoid(acc[1] + gxr[H + j]);
-    const T g = std::tanh(acc[2] + gxr[2 * H + j]);
-    const T o = sigmoid(acc[3] + gxr[3 * H + j]);
-    const T c = f * c_prev(b, prev, j) + i * g;
-    cell[n * H + j] = c;
-    const T h = o * std::tanh(c);
-    if (P > 0) {
-      proj_in[n * H + j] = h;
-    } else {
-      y[n * ys + j] = h;
-    }
+  void forward_vec(int64_t n, int64_t b, int64_t prev, int64_t u, int cnt, const T* /*h_prev*/, const V* acc) {
+    const T* gxr = gx + n * 4 * H + u;
+    const V i = vsigmoid(acc[0] + vload(gxr, cnt));
+    const V f = vsigmoid(acc[1] + vload(gxr + H, cnt));
+    const V g = vtanh(acc[2] + vload(gxr + 2 * H, cnt));
+    const V o = vsigmoid(acc[3] + vload(gxr + 3 * H, cnt));
+    const V c = f * vload(c_prev(b, prev, u), cnt) + i * g;
+    vstore(cell + n * H + u, c, cnt);
+    const V h = o * vtanh(c);
+    vstore(P > 0 ? proj_in + n * H + u : y + n * ys + u, h, cnt);
     if (gates) {
-      T* gr = gates + n * 4 * H;
-      gr[j] = i;
-      gr[H + j] = f;
-      gr[2 * H + j] = g;
-      gr[3 * H + j] = o;
+      T* gr = gates + n * 4 * H + u;
+      vstore(gr, i, cnt);
+      vstore(gr + H, f, cnt);
+      vstore(gr + 2 * H, g, cnt);
+      vstore(gr + 3 * H, o, cnt);
     }
   }
   const T* proj_input_row(int64_t n) const { return proj_in + n * H; }
   void finish_row(int64_t b, int64_t last) { copy_row(cell + last * H, H, c_n + b * H); }
 
-  // dh: dL/d(o * tanh(c)) of unit j at packed row n.
-  void backward_point(int64_t n, int64_t b, int64_t j, T dh, int64_t next, int64_t prev) {
-    const T* gr = gates + n * 4 * H;
-    const T i = gr[j], f = gr[H + j], g = gr[2 * H + j], o = gr[3 * H + j];
-    const T tc = std::tanh(cell[n * H + j]);
-    const T dc_carry = next >= 0 ? dc_prev_ws[next * H + j] : dc_n[b * H + j];
-    const T dc = dc_carry + dh * o * (T(1) - tc * tc);
-    T* dg = d_gates + n * 4 * H;
-    dg[j] = dc * g * i * (T(1) - i);
-    dg[H + j] = dc * c_prev(b, prev, j) * f * (T(1) - f);
-    dg[2 * H + j] = dc * i * (T(1) - g * g);
-    dg[3 * H + j] = dh * tc * o * (T(1) - o);
-    (prev >= 0 ? dc_prev_ws + n * H : dc0 + b * H)[j] = dc * f;
+  // dh: dL/d(o * tanh(c)) of units [u, u+cnt) at packed row n.
+  void backward_vec(int64_t n, int64_t b, int64_t u, int cnt, V dh, int64_t next, int64_t prev) {
+    const T* gr = gates + n * 4 * H + u;
+    const V i = vload(gr, cnt), f = vload(gr + H, cnt), g = vload(gr + 2 * H, cnt), o = vload(gr + 3 * H, cnt);
+    const V tc = vtanh(vload(cell + n * H + u, cnt));
+    const V dc_carry = vload(next >= 0 ? dc_prev_ws + next * H + u : dc_n + b * H + u, cnt);
+    const V dc = dc_carry + dh * o * (T(1) - tc * tc);
+    T* dg = d_gates + n * 4 * H + u;
+    vstore(dg, dc * g * i * (T(1) - i), cnt);
+    vstore(dg + H, dc * vload(c_prev(b, prev, u), cnt) * f * (T(1) - f), cnt);
+    vstore(dg + 2 * H, dc * i * (T(1) - g * g), cnt);
+    vstore(dg + 3 * H, dh * tc * o * (T(1) - o), cnt);
+    vstore((prev >= 0 ? dc_prev_ws + n * H : dc0 + b * H) + u, dc * f, cnt);
   }
-  T dh_prev_extra(int64_t, int64_t, int64_t, T) const { return T(0); }
+  V dh_extra(int64_t, int64_t, int, V) const { return V{}; }
 };
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "recurrence_args.h"
+#include "simd.h"
 #include "thread_team.h"
 
 namespace pyrnn {
@@ -46,11 +47,6 @@ struct Scratch {  // zero-filled heap array
 template <typename T>
 inline void copy_row(const T* src, int64_t n, T* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
-}
-
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
 }
 
 // Which rows each step touches and where each row's recurrent state comes from.
@@ -101,107 +97,188 @@ inline Range split(int64_t n, int tid, int nt, int64_t align) {
   return {b, std::min(n, b + chunk)};
 }
 
-constexpr int kRowBlock = 4;     // rows sharing each weight load
-constexpr int kColBlock = 64;    // output columns per accumulator panel
-
-// acc[r][g][jj] = sum_k a[r][k] * w[k * ldw + g * gstride + j0 + jj]   for r < kRowBlock, g < G, jj < nj.
-// Rows past the real ones point at a zero row. Written so the jj loop vectorises for any ISA flags.
-template <typename T, int G>
-inline void gemm_panel(const T* const* a, int64_t K, const T* w, int64_t ldw, int64_t gstride, int64_t j0,
-                       int64_t nj, T (&acc)[kRowBlock][G][kColBlock]) {
-  for (int r = 0; r < kRowBlock; ++r)
-    for (int g = 0; g < G; ++g)
-      for (int64_t jj = 0; jj < kColBlock; ++jj) acc[r][g][jj] = T(0);
+// ------------------------------------------------------------------------------------------ microkernel
+//
+// acc[r][v] = sum_k a[r][k] * panel[k][v]  for MR rows and NV vectors of W lanes. The packed panel holds the
+// NV*W weight columns of one k contiguously, so a step of k is NV vector loads, MR broadcasts and MR*NV FMAs,
+// all accumulators in registers (MR and NV are chosen per ISA so they fit).
+template <typename T, int MR, int NV>
+inline void microkernel(const T* const* a, int64_t K, const T* panel, Vec<T> (&acc)[MR][NV]) {
+  constexpr int W = Simd<T>::W;
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>{};
   for (int64_t k = 0; k < K; ++k) {
-    T av[kRowBlock];
-    for (int r = 0; r < kRowBlock; ++r) av[r] = a[r][k];
-    const T* wk = w + k * ldw + j0;
-    for (int g = 0; g < G; ++g) {
-      const T* wg = wk + g * gstride;
-      for (int r = 0; r < kRowBlock; ++r) {
-        const T s = av[r];
-        T* out = acc[r][g];
-        for (int64_t jj = 0; jj < nj; ++jj) out[jj] += s * wg[jj];
-      }
+    Vec<T> w[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) w[v] = vload(panel + (k * NV + v) * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const Vec<T> ar = vbroadcast(a[r][k]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) acc[r][v] += ar * w[v];
     }
   }
 }
 
-// For each row block of rows [0, rows) and column panel of [c0, c1): fills acc by gemm_panel over the rows
-// given by row_ptr(b), then calls epilogue(b, j, acc_row, g_stride) for every (row, column).
-template <typename T, int G, typename RowPtr, typename Epilogue>
-inline void gemm_rows(int64_t rows, Range cols, int64_t K, const T* w, int64_t ldw, int64_t gstride,
-                      const T* zero_row, RowPtr row_ptr, Epilogue epilogue) {
-  T acc[kRowBlock][G][kColBlock];
-  for (int64_t j0 = cols.begin; j0 < cols.end; j0 += kColBlock) {
-    const int64_t nj = std::min<int64_t>(kColBlock, cols.end - j0);
-    for (int64_t b0 = 0; b0 < rows; b0 += kRowBlock) {
-      const T* a[kRowBlock];
-      for (int r = 0; r < kRowBlock; ++r) a[r] = (b0 + r < rows) ? row_ptr(b0 + r) : zero_row;
-      gemm_panel<T, G>(a, K, w, ldw, gstride, j0, nj, acc);
-      for (int r = 0; r < kRowBlock && b0 + r < rows; ++r)
-        for (int64_t jj = 0; jj < nj; ++jj) {
-          T gate_acc[G];
-          for (int g = 0; g < G; ++g) gate_acc[g] = acc[r][g][jj];
-          epilogue(b0 + r, j0 + jj, gate_acc);
-        }
-    }
+// Runs the microkernel over rows [0, rows) in tiles of up to MR rows (the last tile instantiated for its
+// own size), handing each row's NV accumulators to epilogue(row, acc).
+template <typename T, int MR, int NV, typename RowPtr, typename Epilogue>
+inline void tile_rows(int64_t b0, int64_t K, const T* panel, RowPtr& row_ptr, Epilogue& epilogue) {
+  const T* a[MR];
+  for (int r = 0; r < MR; ++r) a[r] = row_ptr(b0 + r);
+  Vec<T> acc[MR][NV];
+  microkernel<T, MR, NV>(a, K, panel, acc);
+  for (int r = 0; r < MR; ++r) epilogue(b0 + r, acc[r]);
+}
+
+template <typename T, int MR, int NV, typename RowPtr, typename Epilogue>
+inline void tail_rows(int64_t b0, int64_t left, int64_t K, const T* panel, RowPtr& row_ptr, Epilogue& epilogue) {
+  if constexpr (MR > 0) {
+    if (left == MR) return tile_rows<T, MR, NV>(b0, K, panel, row_ptr, epilogue);
+    tail_rows<T, MR - 1, NV>(b0, left, K, panel, row_ptr, epilogue);
   }
+}
+
+template <typename T, int MR, int NV, typename RowPtr, typename Epilogue>
+inline void gemm_rows(int64_t rows, int64_t K, const T* panel, RowPtr row_ptr, Epilogue epilogue) {
+  int64_t b0 = 0;
+  for (; b0 + MR <= rows; b0 += MR) tile_rows<T, MR, NV>(b0, K, panel, row_ptr, epilogue);
+  if (b0 < rows) tail_rows<T, MR - 1, NV>(b0, rows - b0, K, panel, row_ptr, epilogue);
+}
+
+// Largest row tile whose MR*NV accumulators, NV weight vectors and one broadcast fit in the registers.
+constexpr int rows_for(int nv) {
+  const int mr = (kVecRegs - nv - 1) / nv;
+  return mr < 1 ? 1 : (mr > 12 ? 12 : mr);
+}
+// Vectors per column panel of the plain (non-gate) GEMMs: the dh GEMM of the backward and the projection.
+constexpr int kPlainNV = kVecRegs >= 32 ? 4 : 2;
+
+// Packs columns [c0, c0 + NV*W) of a K-deep weight into panel[k][NV*W], zero past `c_end`.
+// col_value(k, c) reads the unpacked weight.
+template <typename T, int NV, typename ColValue>
+inline void pack_panel(T* panel, int64_t K, int64_t c0, int64_t c_end, ColValue col_value) {
+  constexpr int NC = NV * Simd<T>::W;
+  for (int64_t k = 0; k < K; ++k)
+    for (int c = 0; c < NC; ++c) panel[k * NC + c] = c0 + c < c_end ? col_value(k, c0 + c) : T(0);
 }
 
 // Threads worth using for a per-step GEMM of this many multiply-adds: the barrier costs ~1 us per step.
-inline int threads_for(int64_t macs_per_step, int64_t units, int requested) {
+inline int threads_for(int64_t macs_per_step, int64_t panels, int requested) {
   int n = std::max(1, requested);
   const int64_t per_thread = std::max<int64_t>(1, min_macs_per_thread().load(std::memory_order_relaxed));
   n = static_cast<int>(std::min<int64_t>(n, std::max<int64_t>(1, macs_per_step / per_thread)));
-  n = static_cast<int>(std::min<int64_t>(n, std::max<int64_t>(1, units / 16)));
+  n = static_cast<int>(std::min<int64_t>(n, std::max<int64_t>(1, panels)));
   return n;
 }
 
+// How a layer's hidden units are split: forward panels of NU unit vectors (all G gates of NU*W units,
+// gate-interleaved), whole panels per thread.
+template <typename T, typename Cell>
+struct UnitSplit {
+  static constexpr int W = Simd<T>::W;
+  static constexpr int kUnitsPerPanel = Cell::NU * W;
+  static int64_t panels(int64_t H) { return (H + kUnitsPerPanel - 1) / kUnitsPerPanel; }
+  static Range units(int64_t H, int tid, int nt) {
+    const Range p = split(panels(H), tid, nt, 1);
+    return {std::min(H, p.begin * kUnitsPerPanel), std::min(H, p.end * kUnitsPerPanel)};
+  }
+};
+
+// Plain column panels over [cols.begin, cols.end), each NV vectors wide, packed once per call.
+template <typename T, int NV>
+struct ColumnPanels {
+  static constexpr int NC = NV * Simd<T>::W;
+  Range cols;
+  int64_t K, count;
+  Scratch<T> data;
+  template <typename ColValue>
+  ColumnPanels(Range c, int64_t k, ColValue col_value)
+      : cols(c), K(k), count(c.end > c.begin ? (c.end - c.begin + NC - 1) / NC : 0), data(count * k * NC) {
+    for (int64_t p = 0; p < count; ++p)
+      pack_panel<T, NV>(data.data + p * K * NC, K, cols.begin + p * NC, cols.end, col_value);
+  }
+  const T* panel(int64_t p) const { return data.data + p * K * NC; }
+  int64_t first_col(int64_t p) const { return cols.begin + p * NC; }
+};
+
 // Forward of one layer-direction. The Cell provides:
-//   static constexpr int G;                          gates per hidden unit
-//   void forward_point(n, b, prev, j, hprev_row, acc[G])  pointwise epilogue of unit j of packed row n
-//                        (batch row b, state from packed row prev or -1 = initial); acc = W_hh h_prev gate sums;
-//                        writes the unit's new hidden (or pre-projection) value
-//   void finish_row(b, last_row)                    copies any extra final state (LSTM c_n)
-//   const T* proj_input_row(n)                       (projection only) the row the projection GEMM reads
-// Projection (P > 0): y[n, :P] = W_hr · proj_input_row(n) as a second phase.
+//   G, NU                     gates per unit; unit vectors per forward panel
+//   forward_vec(n, b, prev, u, cnt, h_prev_row, gate_acc[G])   the pointwise epilogue of units [u, u+cnt)
+//       of packed row n (batch row b, state from packed row prev or -1 = initial); gate_acc = W_hh h_prev
+//   proj_input_row(n)         (projection only) the row the projection GEMM reads
+//   finish_row(b, last_row)   copies any extra final state (LSTM c_n)
+// Projection (P > 0): y[n, :P] = W_hr · proj_input_row(n), a second phase after a barrier.
 template <typename T, typename Cell>
 void run_forward(const RecurrenceArgs& a, Cell& cell) {
+  constexpr int W = Simd<T>::W, G = Cell::G, NV = G * Cell::NU, MR = rows_for(NV);
+  constexpr int NPC = UnitSplit<T, Cell>::kUnitsPerPanel;
   const Schedule s(a);
-  const int64_t H = a.H, P = a.P, Hin = P > 0 ? P : H, GH = Cell::G * H;
-  const T* w_hh_t = cptr<T>(a.w_hh_t);  // [Hin, G*H]
-  const T* w_hr_t = cptr<T>(a.w_hr_t);  // [H, P]
+  const int64_t H = a.H, P = a.P, Hin = P > 0 ? P : H;
+  const T* w_hh = cptr<T>(a.w_hh);      // [G*H, Hin]
+  const T* w_hr = cptr<T>(a.w_hr);      // [P, H]
   const T* h0 = cptr<T>(a.h0);          // [B, Hin]
   T* y = mptr<T>(a.y);                  // [N, Hin], row stride y_stride
   T* h_prev_ws = mptr<T>(a.h_prev_ws);  // [N, Hin] or null
   const int64_t ys = a.y_stride;
-  Scratch<T> zero_row(H > Hin ? H : Hin);
 
   auto state_row = [&](int64_t t, int64_t b) -> const T* {
     const int64_t p = s.prev_row(t, b);
     return p >= 0 ? y + p * ys : h0 + b * Hin;
   };
-  const int nthreads = threads_for(a.B * GH * Hin, H, a.nthreads);
+  const int nthreads = threads_for(a.B * G * H * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
   ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
-    const Range units = split(H, tid, nt, 16);
-    const Range proj_cols = split(P, tid, nt, 16);
-    const Range copy_rows = split(a.B, tid, nt, 1);
+    const Range units = UnitSplit<T, Cell>::units(H, tid, nt);
+    const Range proj_cols = split(P, tid, nt, W);
+    const Range state_cols = P > 0 ? proj_cols : units;
+    // Gate-interleaved panels of this thread's units: panel[k][g*NU + nu][lane] = W_hh[g*H + unit, k].
+    const int64_t my_panels = (units.end - units.begin + NPC - 1) / NPC;
+    Scratch<T> panels(my_panels * Hin * NV * W);
+    for (int64_t p = 0; p < my_panels; ++p) {
+      const int64_t u0 = units.begin + p * NPC;
+      pack_panel<T, NV>(panels.data + p * Hin * NV * W, Hin, 0, NV * W, [&](int64_t k, int64_t c) {
+        const int64_t g = c / NPC, unit = u0 + c % NPC;
+        return unit < units.end ? w_hh[(g * H + unit) * Hin + k] : T(0);
+      });
+    }
+    ColumnPanels<T, kPlainNV> proj(proj_cols, P > 0 ? H : 0, [&](int64_t k, int64_t c) { return w_hr[c * H + k]; });
+
     for (int64_t it = 0; it < a.T; ++it) {
       const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
-      if (h_prev_ws)
-        for (int64_t b = copy_rows.begin; b < std::min(bs, copy_rows.end); ++b)
-          copy_row(state_row(t, b), Hin, h_prev_ws + (off + b) * Hin);
-      gemm_rows<T, Cell::G>(
-          bs, units, Hin, w_hh_t, GH, H, zero_row.data, [&](int64_t b) { return state_row(t, b); },
-          [&](int64_t b, int64_t j, const T* acc) {
-            cell.forward_point(off + b, b, s.prev_row(t, b), j, state_row(t, b), acc);
-          });
+      if (h_prev_ws)  // each thread copies the state columns it owns
+        for (int64_t b = 0; b < bs; ++b)
+          copy_row(state_row(t, b) + state_cols.begin, state_cols.end - state_cols.begin,
+                   h_prev_ws + (off + b) * Hin + state_cols.begin);
+      auto rows = [&](int64_t b) { return state_row(t, b); };
+      for (int64_t p = 0; p < my_panels; ++p) {
+        const int64_t u0 = units.begin + p * NPC;
+        gemm_rows<T, MR, NV>(bs, Hin, panels.data + p * Hin * NV * W, rows, [&](int64_t b, const Vec<T>* acc) {
+          const int64_t prev = s.prev_row(t, b);
+          const T* hp = state_row(t, b);
+          for (int nu = 0; nu < Cell::NU; ++nu) {
+            const int64_t u = u0 + nu * W;
+            if (u >= units.end) break;
+            Vec<T> gate_acc[G];
+            for (int g = 0; g < G; ++g) gate_acc[g] = acc[g * Cell::NU + nu];
+            cell.forward_vec(off + b, b, prev, u, static_cast<int>(std::min<int64_t>(W, units.end - u)), hp, gate_acc);
+          }
+        });
+      }
       if (P > 0) {
         barrier.wait();
-        gemm_rows<T, 1>(
-            bs, proj_cols, H, w_hr_t, P, 0, zero_row.data, [&](int64_t b) { return cell.proj_input_row(off + b); },
-            [&](int64_t b, int64_t p, const T* acc) { y[(off + b) * ys + p] = acc[0]; });
+        auto proj_rows = [&](int64_t b) { return cell.proj_input_row(off + b); };
+        for (int64_t p = 0; p < proj.count; ++p) {
+          const int64_t c0 = proj.first_col(p);
+          gemm_rows<T, rows_for(kPlainNV), kPlainNV>(bs, H, proj.panel(p), proj_rows, [&](int64_t b, const Vec<T>* acc) {
+            for (int v = 0; v < kPlainNV; ++v) {
+              const int64_t c = c0 + v * W;
+              if (c >= proj_cols.end) break;
+              vstore(y + (off + b) * ys + c, acc[v], static_cast<int>(std::min<int64_t>(W, proj_cols.end - c)));
+            }
+          });
+        }
       }
       barrier.wait();
     }
@@ -216,15 +293,18 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
 
 // Backward of one layer-direction, walking the steps in the opposite order of the forward.
 // The Cell provides:
-//   void backward_point(n, b, j, dh, next, prev)  from dh = dL/d(output of unit j at row n) (or, with a
-//                                                 projection, dL/d(pre-projection value)), writes the gate
-//                                                 gradients of row n into d_gates (and d_gates_h)
-//   T dh_prev_extra(n, b, k, dh_total_k)          the part of dL/dh_prev[k] that skips the GEMM (GRU: dh*z)
+//   backward_vec(n, b, u, cnt, dh, next, prev)   from dh = dL/d(output of units [u, u+cnt) at row n) (with a
+//       projection: dL/d(pre-projection value)), writes the gate gradients of row n into d_gates (and d_gates_h)
+//   dh_extra(n, u, cnt, dh_total)                the part of dL/dh_prev that skips the GEMM (GRU: dh * z)
 // The driver writes dh_prev[n] = W_hh^T · d_gates_h[n] + extra into dh_prev_ws (or dh0 at a row's first step).
+//
+// Without projection the thread that owns units J also owns columns J of the dh GEMM, so the pointwise math
+// of the next step follows the GEMM on the same thread with no barrier between: one barrier per step.
 template <typename T, typename Cell>
 void run_backward(const RecurrenceArgs& a, Cell& cell) {
+  constexpr int W = Simd<T>::W, G = Cell::G, NV = kPlainNV, MR = rows_for(NV);
   const Schedule s(a);
-  const int64_t H = a.H, P = a.P, Hin = P > 0 ? P : H, GH = Cell::G * H;
+  const int64_t H = a.H, P = a.P, Hin = P > 0 ? P : H, GH = G * H;
   const T* w_hh = cptr<T>(a.w_hh);        // [G*H, Hin]
   const T* w_hr = cptr<T>(a.w_hr);        // [P, H]
   const T* dy = cptr<T>(a.dy);            // [N, Hin]
@@ -233,52 +313,93 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
   T* dh_prev_ws = mptr<T>(a.dh_prev_ws);  // [N, Hin]
   T* dh_total = mptr<T>(a.dh_total);      // [N, P] (projection only)
   const T* d_gates_h = cptr<T>(a.d_gates_h ? a.d_gates_h : a.d_gates);  // [N, G*H]
-  Scratch<T> zero_row(GH > P ? GH : P);
 
-  // dL/d(output h of (t, b))[k]: the loss's own gradient plus what the consuming step sent back.
+  // dL/d(output h of (t, b)): what the consuming step sent back, or dL/dh_n for a row's last step.
   auto carry_row = [&](int64_t t, int64_t b) -> const T* {
     const int64_t nx = s.next_row(t, b);
     return nx >= 0 ? dh_prev_ws + nx * Hin : dh_n + b * Hin;
   };
-  const int nthreads = threads_for(a.B * GH * Hin, H, a.nthreads);
+  const int nthreads = threads_for(a.B * GH * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
   ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
-    const Range units = split(H, tid, nt, 16);
-    const Range in_cols = split(Hin, tid, nt, 16);
-    for (int64_t it = a.T - 1; it >= 0; --it) {
-      const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
+    const Range units = UnitSplit<T, Cell>::units(H, tid, nt);
+    // Columns of the dh GEMM: the thread's own units, or without that option (projection) a split of P.
+    const Range in_cols = P > 0 ? split(P, tid, nt, W) : units;
+    ColumnPanels<T, NV> dh_panels(in_cols, GH, [&](int64_t r, int64_t c) { return w_hh[r * Hin + c]; });
+    ColumnPanels<T, NV> dm_panels(P > 0 ? units : Range{0, 0}, P, [&](int64_t p, int64_t j) { return w_hr[p * H + j]; });
+
+    // Pointwise backward of time t for this thread's units (dh from dy + carry, or through W_hr^T).
+    auto pointwise = [&](int64_t t) {
+      const int64_t bs = s.batch[t], off = s.offset[t];
       if (P > 0) {
-        for (int64_t b = 0; b < bs; ++b) {
-          const T* carry = carry_row(t, b);
-          const T* dyr = dy + (off + b) * P;
-          T* out = dh_total + (off + b) * P;
-          for (int64_t p = in_cols.begin; p < in_cols.end; ++p) out[p] = dyr[p] + carry[p];
+        auto rows = [&](int64_t b) -> const T* { return dh_total + (off + b) * P; };
+        for (int64_t p = 0; p < dm_panels.count; ++p) {
+          const int64_t j0 = dm_panels.first_col(p);
+          gemm_rows<T, MR, NV>(bs, P, dm_panels.panel(p), rows, [&](int64_t b, const Vec<T>* acc) {
+            const int64_t next = s.next_row(t, b), prev = s.prev_row(t, b);
+            for (int v = 0; v < NV; ++v) {
+              const int64_t u = j0 + v * W;
+              if (u >= units.end) break;
+              cell.backward_vec(off + b, b, u, static_cast<int>(std::min<int64_t>(W, units.end - u)), acc[v], next, prev);
+            }
+          });
         }
-        barrier.wait();
-        // dL/d(o * tanh(c)) = W_hr^T · dh_total
-        gemm_rows<T, 1>(
-            bs, units, P, w_hr, H, 0, zero_row.data, [&](int64_t b) { return dh_total + (off + b) * P; },
-            [&](int64_t b, int64_t j, const T* acc) {
-              cell.backward_point(off + b, b, j, acc[0], s.next_row(t, b), s.prev_row(t, b));
-            });
-      } else {
-        for (int64_t b = 0; b < bs; ++b) {
-          const T* carry = carry_row(t, b);
-          const T* dyr = dy + (off + b) * Hin;
-          const int64_t next = s.next_row(t, b), prev = s.prev_row(t, b);
-          for (int64_t j = units.begin; j < units.end; ++j)
-            cell.backward_point(off + b, b, j, dyr[j] + carry[j], next, prev);
+        return;
+      }
+      for (int64_t b = 0; b < bs; ++b) {
+        const int64_t n = off + b, next = s.next_row(t, b), prev = s.prev_row(t, b);
+        const T* carry = carry_row(t, b);
+        for (int64_t u = units.begin; u < units.end; u += W) {
+          const int cnt = static_cast<int>(std::min<int64_t>(W, units.end - u));
+          cell.backward_vec(n, b, u, cnt, vload(dy + n * Hin + u, cnt) + vload(carry + u, cnt), next, prev);
         }
       }
+    };
+    // dh_total = dy + carry for this thread's projection columns (projection only).
+    auto total_grad = [&](int64_t t) {
+      const int64_t bs = s.batch[t], off = s.offset[t];
+      for (int64_t b = 0; b < bs; ++b) {
+        const T* carry = carry_row(t, b);
+        for (int64_t p = in_cols.begin; p < in_cols.end; ++p)
+          dh_total[(off + b) * P + p] = dy[(off + b) * P + p] + carry[p];
+      }
+    };
+    // dh_prev of time t for this thread's columns.
+    auto dh_gemm = [&](int64_t t) {
+      const int64_t bs = s.batch[t], off = s.offset[t];
+      auto rows = [&](int64_t b) { return d_gates_h + (off + b) * GH; };
+      for (int64_t p = 0; p < dh_panels.count; ++p) {
+        const int64_t c0 = dh_panels.first_col(p);
+        gemm_rows<T, MR, NV>(bs, GH, dh_panels.panel(p), rows, [&](int64_t b, const Vec<T>* acc) {
+          const int64_t n = off + b, prev = s.prev_row(t, b);
+          T* out = prev >= 0 ? dh_prev_ws + n * Hin : dh0 + b * Hin;
+          const T* carry = Cell::kHasDirectPath ? carry_row(t, b) : nullptr;
+          for (int v = 0; v < NV; ++v) {
+            const int64_t c = c0 + v * W;
+            if (c >= in_cols.end) break;
+            const int cnt = static_cast<int>(std::min<int64_t>(W, in_cols.end - c));
+            Vec<T> val = acc[v];
+            if (Cell::kHasDirectPath) val += cell.dh_extra(n, c, cnt, vload(dy + n * Hin + c, cnt) + vload(carry + c, cnt));
+            vstore(out + c, val, cnt);
+          }
+        });
+      }
+    };
+
+    const int64_t last = a.T - 1;
+    if (P > 0) {
+      total_grad(s.time_at(last));
       barrier.wait();
-      gemm_rows<T, 1>(
-          bs, in_cols, GH, w_hh, Hin, 0, zero_row.data, [&](int64_t b) { return d_gates_h + (off + b) * GH; },
-          [&](int64_t b, int64_t k, const T* acc) {
-            const int64_t n = off + b;
-            T v = acc[0];
-            if (Cell::kHasDirectPath) v += cell.dh_prev_extra(n, b, k, dy[n * Hin + k] + carry_row(t, b)[k]);
-            const int64_t prev = s.prev_row(t, b);
-            (prev >= 0 ? dh_prev_ws + n * Hin : dh0 + b * Hin)[k] = v;
-          });
+    }
+    pointwise(s.time_at(last));
+    barrier.wait();
+    for (int64_t it = last; it >= 0; --it) {
+      dh_gemm(s.time_at(it));
+      if (it == 0) break;
+      if (P > 0) {
+        total_grad(s.time_at(it - 1));  // own columns, just written by dh_gemm on this thread
+        barrier.wait();
+      }
+      pointwise(s.time_at(it - 1));
       barrier.wait();
     }
   });

@@ -22,8 +22,8 @@ struct RecurrenceArgs {
 
   // Forward inputs.
   uintptr_t gx = 0;       // [N, G*H] input projection W_ih x + biases folded in (not b_hn for GRU)
-  uintptr_t w_hh_t = 0;   // [Hin, G*H] W_hh transposed
-  uintptr_t w_hr_t = 0;   // [H, P] W_hr transposed (LSTM projection)
+  uintptr_t w_hh = 0;     // [G*H, Hin] (packed into gate-interleaved panels by the kernel)
+  uintptr_t w_hr = 0;     // [P, H] LSTM projection
   uintptr_t b_hn = 0;     // [H] GRU: the hidden bias of the n gate, which sits inside r * (...)
   uintptr_t h0 = 0;       // [B, Hin]
   uintptr_t c0 = 0;       // [B, H] (LSTM)
@@ -38,9 +38,7 @@ struct RecurrenceArgs {
   uintptr_t gh_n = 0;       // [N, H] GRU: W_hn h + b_hn
   uintptr_t h_prev_ws = 0;  // [N, Hin] the state entering every step (for dW_hh = dG^T h_prev)
 
-  // Backward inputs (plus the forward's gx-free inputs and outputs above).
-  uintptr_t w_hh = 0;     // [G*H, Hin]
-  uintptr_t w_hr = 0;     // [P, H]
+  // Backward inputs (plus w_hh, w_hr and the forward's outputs and workspace above).
   uintptr_t dy = 0;       // [N, Hin] dL/dy
   uintptr_t dh_n = 0;     // [B, Hin]
   uintptr_t dc_n = 0;     // [B, H] (LSTM)

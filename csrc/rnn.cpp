@@ -1,5 +1,6 @@
 // Elman RNN cell on the CPU: h' = tanh or relu(gx + W_hh h), biases folded into gx by the caller.
 // The backward needs only the output h itself (tanh' = 1 - h^2, relu' = [h > 0]), read back from y.
+// Every function works on `cnt` consecutive hidden units starting at u, one SIMD vector.
 #include "kernels_api.h"
 #include "recurrence.h"
 
@@ -9,7 +10,9 @@ namespace {
 
 template <typename T>
 struct RnnCell {
+  using V = Vec<T>;
   static constexpr int G = 1;
+  static constexpr int NU = 2;  // one gate: two unit vectors per forward panel keep the FMA units busy
   static constexpr bool kHasDirectPath = false;
 
   int64_t H, ys;
@@ -22,19 +25,18 @@ struct RnnCell {
       : H(a.H), ys(a.y_stride), relu(a.nonlinearity == static_cast<int>(Nonlinearity::kRelu)),
         gx(cptr<T>(a.gx)), y(mptr<T>(a.y)), d_gates(mptr<T>(a.d_gates)) {}
 
-  void forward_point(int64_t n, int64_t, int64_t, int64_t j, const T*, const T* acc) {
-    const T pre = acc[0] + gx[n * H + j];
-    // relu written so NaN propagates as in torch.relu
-    y[n * ys + j] = relu ? (pre < T(0) ? T(0) : pre) : std::tanh(pre);
+  void forward_vec(int64_t n, int64_t, int64_t, int64_t u, int cnt, const T*, const V* acc) {
+    const V pre = acc[0] + vload(gx + n * H + u, cnt);
+    vstore(y + n * ys + u, relu ? vrelu<T>(pre) : vtanh(pre), cnt);
   }
   const T* proj_input_row(int64_t) const { return nullptr; }
   void finish_row(int64_t, int64_t) {}
 
-  void backward_point(int64_t n, int64_t, int64_t j, T dh, int64_t, int64_t) {
-    const T h = y[n * ys + j];
-    d_gates[n * H + j] = relu ? (h > T(0) ? dh : T(0)) : dh * (T(1) - h * h);
+  void backward_vec(int64_t n, int64_t, int64_t u, int cnt, V dh, int64_t, int64_t) {
+    const V h = vload(y + n * ys + u, cnt);
+    vstore(d_gates + n * H + u, relu ? (h > T(0) ? dh : V{}) : dh * (T(1) - h * h), cnt);
   }
-  T dh_prev_extra(int64_t, int64_t, int64_t, T) const { return T(0); }
+  V dh_extra(int64_t, int64_t, int, V) const { return V{}; }
 };
 
 }  // namespace

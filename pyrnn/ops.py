@@ -141,8 +141,8 @@ def lstm_layer(
     N, H, B = gx.shape[0], w_hh.shape[0] // 4, h0.shape[0]
     P = 0 if w_hr is None else w_hr.shape[0]
     Hin = P if P > 0 else H
-    w_hh_t = w_hh.t().contiguous()
-    w_hr_t = None if w_hr is None else w_hr.t().contiguous()
+    w_hh = w_hh.contiguous()
+    w_hr = None if w_hr is None else w_hr.contiguous()
     h0, c0 = h0.contiguous(), c0.contiguous()
     y, h_n, c_n = gx.new_empty(N, Hin), gx.new_empty(B, Hin), gx.new_empty(B, H)
     cell = gx.new_empty(N, H)
@@ -151,7 +151,7 @@ def lstm_layer(
     h_prev = gx.new_empty(N, Hin) if save_workspace else gx.new_empty(0)
 
     a = _args(gx, bs, B, H, P, reverse)
-    a.gx, a.w_hh_t, a.w_hr_t, a.h0, a.c0 = _ptr(gx), _ptr(w_hh_t), _ptr(w_hr_t), _ptr(h0), _ptr(c0)
+    a.gx, a.w_hh, a.w_hr, a.h0, a.c0 = _ptr(gx), _ptr(w_hh), _ptr(w_hr), _ptr(h0), _ptr(c0)
     a.y, a.h_n, a.c_n, a.cell, a.proj_in = _ptr(y), _ptr(h_n), _ptr(c_n), _ptr(cell), _ptr(proj_in)
     a.gates, a.h_prev_ws = _ptr(gates), _ptr(h_prev)
     cpu_kernels().lstm_forward(a)
@@ -273,7 +273,7 @@ def gru_layer(
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
     N, H, B = gx.shape[0], w_hh.shape[0] // 3, h0.shape[0]
-    w_hh_t = w_hh.t().contiguous()
+    w_hh = w_hh.contiguous()
     b_hn = None if b_hn is None else b_hn.contiguous()
     h0 = h0.contiguous()
     y, h_n = gx.new_empty(N, H), gx.new_empty(B, H)
@@ -283,7 +283,7 @@ def gru_layer(
     h_prev = gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
 
     a = _args(gx, bs, B, H, 0, reverse)
-    a.gx, a.w_hh_t, a.b_hn, a.h0 = _ptr(gx), _ptr(w_hh_t), _ptr(b_hn), _ptr(h0)
+    a.gx, a.w_hh, a.b_hn, a.h0 = _ptr(gx), _ptr(w_hh), _ptr(b_hn), _ptr(h0)
     a.y, a.h_n, a.gates, a.gh_n, a.h_prev_ws = _ptr(y), _ptr(h_n), _ptr(gates), _ptr(gh_n), _ptr(h_prev)
     cpu_kernels().gru_forward(a)
     return y, h_n, gates, gh_n, h_prev
@@ -373,14 +373,14 @@ def rnn_layer(
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
     N, H, B = gx.shape[0], w_hh.shape[0], h0.shape[0]
-    w_hh_t = w_hh.t().contiguous()
+    w_hh = w_hh.contiguous()
     h0 = h0.contiguous()
     y, h_n = gx.new_empty(N, H), gx.new_empty(B, H)
     h_prev = gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
 
     a = _args(gx, bs, B, H, 0, reverse)
     a.nonlinearity = 1 if relu else 0
-    a.gx, a.w_hh_t, a.h0, a.y, a.h_n, a.h_prev_ws = _ptr(gx), _ptr(w_hh_t), _ptr(h0), _ptr(y), _ptr(h_n), _ptr(h_prev)
+    a.gx, a.w_hh, a.h0, a.y, a.h_n, a.h_prev_ws = _ptr(gx), _ptr(w_hh), _ptr(h0), _ptr(y), _ptr(h_n), _ptr(h_prev)
     cpu_kernels().rnn_forward(a)
     return y, h_n, h_prev
 

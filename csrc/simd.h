@@ -1,0 +1,135 @@
+// Portable SIMD for the kernels: GCC/Clang vector extensions, so one source compiles to AVX-512, AVX2 or
+// SSE2 code depending on the flags of the translation unit (see CMakeLists.txt), plus vectorised exp,
+// sigmoid and tanh for float (polynomials accurate to a few ulp; float64 uses libm per lane).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace pyrnn {
+namespace PYRNN_ISA {
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+constexpr int kVecRegs = 32;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+constexpr int kVecRegs = 16;
+#else
+constexpr int kVecBytes = 16;
+constexpr int kVecRegs = 16;
+#endif
+
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(kVecBytes)));
+  typedef int32_t I __attribute__((vector_size(kVecBytes)));
+  static constexpr int W = kVecBytes / 4;
+};
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(kVecBytes)));
+  typedef int64_t I __attribute__((vector_size(kVecBytes)));
+  static constexpr int W = kVecBytes / 8;
+};
+
+template <typename T>
+using Vec = typename Simd<T>::V;
+
+template <typename T>
+inline Vec<T> vload(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, Vec<T> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+// First n (<= W) lanes; the rest read as zero / are not written. Tails of H not a multiple of W.
+template <typename T>
+inline Vec<T> vload(const T* p, int n) {
+  if (n == Simd<T>::W) return vload(p);
+  Vec<T> v = Vec<T>{};
+  std::memcpy(&v, p, sizeof(T) * n);
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, Vec<T> v, int n) {
+  if (n == Simd<T>::W) return vstore(p, v);
+  std::memcpy(p, &v, sizeof(T) * n);
+}
+template <typename T>
+inline Vec<T> vbroadcast(T x) {
+  return Vec<T>{} + x;
+}
+
+// exp for float lanes: Cody-Waite range reduction to r in [-ln2/2, ln2/2], degree-7 Taylor (error < 6e-9
+// relative), scaled by 2^n through the exponent bits. Inputs clamp to [-87.3, 88.3]; NaN propagates.
+inline Vec<float> vexp(Vec<float> x) {
+  using V = Vec<float>;
+  using I = Simd<float>::I;
+  x = x > 88.3f ? vbroadcast(88.3f) : x;
+  x = x < -87.3f ? vbroadcast(-87.3f) : x;
+  const V shifter = vbroadcast(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const V n = (x * 1.44269504088896341f + shifter) - shifter;
+  V r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  V p = vbroadcast(1.0f / 5040);
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline Vec<float> vsigmoid(Vec<float> x) { return 1.0f / (1.0f + vexp(-x)); }
+
+// tanh for float lanes: an odd Taylor polynomial near 0 (|x| < 0.5, error < 5e-9), else 1 - 2/(e^2|x| + 1).
+inline Vec<float> vtanh(Vec<float> x) {
+  using V = Vec<float>;
+  const V ax = x < 0.0f ? -x : x;
+  const V e = vexp(-2.0f * ax);
+  const V big = (1.0f - e) / (1.0f + e);
+  const V x2 = x * x;
+  V p = vbroadcast(-929569.0f / 638512875.0f);
+  p = p * x2 + 21844.0f / 6081075.0f;
+  p = p * x2 + -1382.0f / 155925.0f;
+  p = p * x2 + 62.0f / 2835.0f;
+  p = p * x2 + -17.0f / 315.0f;
+  p = p * x2 + 2.0f / 15.0f;
+  p = p * x2 + -1.0f / 3.0f;
+  const V small = x + x * x2 * p;
+  const V mag = ax < 0.5f ? (small < 0.0f ? -small : small) : big;
+  return x < 0.0f ? -mag : mag;
+}
+
+// float64: libm per lane (accuracy first: gradcheck and the 1e-9 comparisons run in float64).
+inline Vec<double> vsigmoid(Vec<double> x) {
+  Vec<double> out;
+  for (int i = 0; i < Simd<double>::W; ++i) out[i] = 1.0 / (1.0 + std::exp(-x[i]));
+  return out;
+}
+inline Vec<double> vtanh(Vec<double> x) {
+  Vec<double> out;
+  for (int i = 0; i < Simd<double>::W; ++i) out[i] = std::tanh(x[i]);
+  return out;
+}
+
+// relu that lets NaN through, as torch.relu does.
+template <typename T>
+inline Vec<T> vrelu(Vec<T> x) {
+  return x < T(0) ? Vec<T>{} : x;
+}
+
+}  // namespace PYRNN_ISA
+}  // namespace pyrnn
