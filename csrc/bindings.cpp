@@ -20,12 +20,13 @@ using Kernel = void (*)(const RecurrenceArgs&);
 struct KernelSet {
   const char* name;
   Kernel lstm_forward, lstm_backward, gru_forward, gru_backward, rnn_forward, rnn_backward;
+  void (*gemm)(const pyrnn::GemmSpec&);
 };
 
 #define PYRNN_KERNEL_SET(isa)                                                                          \
   KernelSet {                                                                                          \
     #isa, pyrnn::isa::lstm_forward, pyrnn::isa::lstm_backward, pyrnn::isa::gru_forward,               \
-        pyrnn::isa::gru_backward, pyrnn::isa::rnn_forward, pyrnn::isa::rnn_backward                    \
+        pyrnn::isa::gru_backward, pyrnn::isa::rnn_forward, pyrnn::isa::rnn_backward, pyrnn::isa::gemm  \
   }
 
 // Instruction sets this build has and this CPU runs, best first.
@@ -88,7 +89,16 @@ PYBIND11_MODULE(_C, m) {
   FIELD(d_gates_h); FIELD(dh0); FIELD(dc0); FIELD(dh_total); FIELD(dh_prev_ws); FIELD(dc_prev_ws);
 #undef FIELD
 
+  py::class_<pyrnn::GemmSpec> gemm_spec(m, "GemmSpec");
+  gemm_spec.def(py::init<>());
+#define GFIELD(name) gemm_spec.def_readwrite(#name, &pyrnn::GemmSpec::name)
+  GFIELD(dtype); GFIELD(nthreads); GFIELD(M); GFIELD(N); GFIELD(K); GFIELD(a); GFIELD(sa_m); GFIELD(sa_k);
+  GFIELD(b); GFIELD(sb_k); GFIELD(sb_n); GFIELD(c); GFIELD(ldc); GFIELD(accumulate); GFIELD(bias);
+#undef GFIELD
+
   const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("gemm", [](const pyrnn::GemmSpec& s) { active->gemm(s); }, nogil,
+        "C (+)= A B (+ bias) on raw pointers and element strides");
   m.def("lstm_forward", &call<&KernelSet::lstm_forward>, nogil);
   m.def("lstm_backward", &call<&KernelSet::lstm_backward>, nogil);
   m.def("gru_forward", &call<&KernelSet::gru_forward>, nogil);
@@ -99,6 +109,8 @@ PYBIND11_MODULE(_C, m) {
       "set_parallel_threshold", [](int64_t macs) { pyrnn::min_macs_per_thread().store(macs); }, py::arg("macs"),
       "per-step multiply-adds each extra thread needs (tests set 1 to force the threaded path)");
   m.def("get_parallel_threshold", [] { return pyrnn::min_macs_per_thread().load(); });
+  m.def("thread_backend", [] { return std::string(pyrnn::ThreadTeam::backend()); },
+        "'openmp' when the kernels run on torch's OpenMP threads, 'team' on pyrnn's own");
   m.def("isa", [] { return std::string(active->name); }, "instruction set the kernels run with");
   m.def("available_isas", &available_isas, "instruction sets this build and CPU support, best first");
   m.def("set_isa", &set_isa, py::arg("name"), "force an instruction set ('auto' for the best)");

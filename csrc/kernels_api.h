@@ -13,6 +13,7 @@
   void gru_backward(const RecurrenceArgs& args);     \
   void rnn_forward(const RecurrenceArgs& args);      \
   void rnn_backward(const RecurrenceArgs& args);     \
+  void gemm(const GemmSpec& spec);                   \
   }                                                  \
   }
 

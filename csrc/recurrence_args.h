@@ -53,4 +53,19 @@ struct RecurrenceArgs {
   uintptr_t dc_prev_ws = 0;  // [N, H] LSTM: the same for the cell state
 };
 
+// C[M, N] (+)= A[M, K] B[K, N] (+ bias[N]); operands by element strides, C row-major with row stride ldc.
+struct GemmSpec {
+  int dtype = 0;
+  int nthreads = 1;
+  int64_t M = 0, N = 0, K = 0;
+  uintptr_t a = 0;
+  int64_t sa_m = 0, sa_k = 0;
+  uintptr_t b = 0;
+  int64_t sb_k = 0, sb_n = 0;
+  uintptr_t c = 0;
+  int64_t ldc = 0;
+  bool accumulate = false;  // C += A B instead of C = A B
+  uintptr_t bias = 0;       // [N] added to every row (0: none)
+};
+
 }  // namespace pyrnn

@@ -1,6 +1,10 @@
 #include "thread_team.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
+
+#include <cstdlib>
+#include <cstring>
 
 #include <new>
 
@@ -16,9 +20,10 @@ static inline void cpu_relax() {}
 namespace pyrnn {
 
 void SpinBarrier::wait() {
-  if (n_ <= 1) return;
+  const int n = n_.load(std::memory_order_relaxed);
+  if (n <= 1) return;
   const uint32_t gen = generation_.load(std::memory_order_acquire);
-  if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+  if (count_.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
     count_.store(0, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
     return;
@@ -101,10 +106,57 @@ void ThreadTeam::worker_loop(int tid) {
   }
 }
 
+namespace {
+
+// The libgomp entry points of `#pragma omp parallel`, resolved in the process (torch loaded them).
+struct OmpApi {
+  void (*parallel)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags) = nullptr;
+  int (*thread_num)() = nullptr;
+  int (*num_threads)() = nullptr;
+};
+
+const OmpApi* omp_api() {
+  static const OmpApi api = [] {
+    OmpApi a;
+    const char* force = std::getenv("PYRNN_THREADS");
+    if (force && std::strcmp(force, "team") == 0) return a;
+    a.parallel = reinterpret_cast<decltype(a.parallel)>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+    a.thread_num = reinterpret_cast<decltype(a.thread_num)>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"));
+    a.num_threads = reinterpret_cast<decltype(a.num_threads)>(dlsym(RTLD_DEFAULT, "omp_get_num_threads"));
+    if (!a.parallel || !a.thread_num || !a.num_threads) a = OmpApi{};
+    return a;
+  }();
+  return api.parallel ? &api : nullptr;
+}
+
+struct OmpRegion {
+  const OmpApi* api;
+  const TeamJob* job;
+  SpinBarrier barrier;
+};
+
+void omp_trampoline(void* data) {
+  auto* region = static_cast<OmpRegion*>(data);
+  const int nt = region->api->num_threads();
+  region->barrier.set_n(nt);  // every thread stores the same value before its first wait
+  (*region->job)(region->api->thread_num(), nt, region->barrier);
+}
+
+}  // namespace
+
+const char* ThreadTeam::backend() { return omp_api() ? "openmp" : "team"; }
+
 void ThreadTeam::run(int n, const TeamJob& job) {
   if (n <= 1) {
     SpinBarrier solo;
     job(0, 1, solo);
+    return;
+  }
+  if (const OmpApi* api = omp_api()) {
+    // The team may come out smaller than asked (nested regions, thread limits): the job splits its work by
+    // the size it gets.
+    OmpRegion region{api, &job, {}};
+    api->parallel(&omp_trampoline, &region, static_cast<unsigned>(n), 0);
     return;
   }
   std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);

@@ -1,8 +1,9 @@
-// A small persistent thread team for the recurrences.
+// The thread team of the kernels: one parallel region for a whole sequence, with a cheap barrier per step.
 //
-// Why not OpenMP: torch ships its own libgomp; linking a second OpenMP runtime into the same process makes
-// two thread pools fight over the same cores. A recurrence wants one parallel region for the whole sequence
-// with a cheap barrier per step, which is all this team provides.
+// Where torch runs on GNU OpenMP (its Linux wheels), the team *is* torch's OpenMP pool: the region is
+// opened through the libgomp torch already loaded (looked up at run time, not linked), so pyrnn and torch
+// share the same threads instead of two pools spinning against each other on the same cores. Elsewhere, or
+// with PYRNN_THREADS=team, a small persistent pool of pyrnn's own is used.
 #pragma once
 
 #include <atomic>
@@ -20,13 +21,14 @@ namespace pyrnn {
 class SpinBarrier {
  public:
   void reset(int n) {
-    n_ = n;
+    n_.store(n, std::memory_order_relaxed);
     count_.store(0, std::memory_order_relaxed);
   }
+  void set_n(int n) { n_.store(n, std::memory_order_relaxed); }
   void wait();
 
  private:
-  int n_ = 1;
+  std::atomic<int> n_{1};
   alignas(64) std::atomic<int> count_{0};
   alignas(64) std::atomic<uint32_t> generation_{0};
 };
@@ -45,6 +47,9 @@ class ThreadTeam {
   // If another caller holds the team (re-entrant or concurrent use from several Python threads), the job
   // runs on the caller alone with n = 1 rather than waiting: results do not depend on the thread count.
   void run(int n, const TeamJob& job);
+
+  // "openmp" (torch's libgomp pool) or "team" (pyrnn's own threads).
+  static const char* backend();
 
   ThreadTeam(const ThreadTeam&) = delete;
   ThreadTeam& operator=(const ThreadTeam&) = delete;

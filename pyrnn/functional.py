@@ -64,8 +64,8 @@ def layer_direction(
 
 
 def _input_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
-    # x: [N, I] -> [N, G*H]
-    return torch.addmm(bias, x, w_ih.t()) if bias is not None else x.mm(w_ih.t())
+    # x: [N, I] -> [N, G*H], one GEMM over all steps (and its backward: dx, dW_ih) in pyrnn's GEMM.
+    return ops.linear(x, w_ih, bias)
 
 
 def recurrence(

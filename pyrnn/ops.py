@@ -22,6 +22,8 @@ from torch import Tensor
 from ._ext import cpu_kernels
 
 __all__ = [
+    "gemm",
+    "linear",
     "lstm_layer",
     "lstm_layer_backward",
     "gru_layer",
@@ -31,6 +33,13 @@ __all__ = [
 ]
 
 _KERNEL_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+
+def _scalar_name(t: Tensor) -> str:
+    """torch's C++ name of a dtype (Float, Double, ...), as its error messages print it."""
+    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16"}.get(
+        t.dtype, str(t.dtype)
+    )
 
 
 def _ptr(t: Optional[Tensor]) -> int:
@@ -116,6 +125,69 @@ def _require_workspace(ws: Tensor, rows: int, op: str) -> None:
         raise RuntimeError(
             f"pyrnn::{op}: the forward ran with save_workspace=False (inference), so it cannot be differentiated"
         )
+
+
+# ----------------------------------------------------------------------------------------------------- GEMM
+
+
+@torch.library.custom_op("pyrnn::gemm", mutates_args=())
+def gemm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """a [M, K] @ b [K, N] (+ bias [N]) in pyrnn's GEMM. Transposed views are read in place (no copy)."""
+    _check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0], f"gemm: bad shapes {a.shape} @ {b.shape}")
+    if a.dtype != b.dtype:  # torch's matmul words this
+        raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_scalar_name(a)} and {_scalar_name(b)}")
+    _check(bias is None or bias.dtype == a.dtype, "gemm: bias dtype differs")
+    M, K, N = a.shape[0], a.shape[1], b.shape[1]
+    if a.device.type != "cpu" or a.dtype not in _KERNEL_DTYPES:
+        return torch.addmm(bias, a, b) if bias is not None else a.mm(b)
+    _check(bias is None or bias.shape == (N,), f"gemm: bias must be [{N}]")
+    if a.stride(0) != 1 and a.stride(1) != 1:
+        a = a.contiguous()
+    if b.stride(0) != 1 and b.stride(1) != 1:
+        b = b.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    out = a.new_empty(M, N)
+    spec = cpu_kernels().GemmSpec()
+    spec.dtype, spec.nthreads = _KERNEL_DTYPES[a.dtype], torch.get_num_threads()
+    spec.M, spec.N, spec.K = M, N, K
+    spec.a, (spec.sa_m, spec.sa_k) = _ptr(a), a.stride()
+    spec.b, (spec.sb_k, spec.sb_n) = _ptr(b), b.stride()
+    spec.c, spec.ldc, spec.bias = _ptr(out), N, _ptr(bias)
+    cpu_kernels().gemm(spec)
+    return out
+
+
+@gemm.register_fake
+def _(a, b, bias=None):
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+@torch.library.custom_op("pyrnn::linear", mutates_args=())
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """x [N, I] @ weight [O, I]^T + bias [O]: the input projection of all steps at once."""
+    return gemm(x, weight.t(), bias)
+
+
+@linear.register_fake
+def _(x, weight, bias=None):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def _linear_setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _linear_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    dx = gemm(grad, weight) if ctx.needs_input_grad[0] else None  # [N, O] @ [O, I]
+    dw = gemm(grad.t(), x) if ctx.needs_input_grad[1] else None  # [O, N] @ [N, I]
+    db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db
+
+
+linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------- LSTM
@@ -245,8 +317,8 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, *_workspace_grads):
     d_gates, dh0, dc0, dh_total = lstm_layer_backward(
         dy, dh_n, dc_n, w_hh, w_hr, c0, batch_sizes, ctx.reverse, cell, proj_in, gates
     )
-    dw_hh = d_gates.t().mm(h_prev)  # [4H, Hin]: sum over all steps at once
-    dw_hr = None if w_hr is None else dh_total.t().mm(proj_in)  # [P, H]
+    dw_hh = gemm(d_gates.t(), h_prev)  # [4H, Hin]: sum over all steps at once
+    dw_hr = None if w_hr is None else gemm(dh_total.t(), proj_in)  # [P, H]
     return d_gates, dw_hh, dw_hr, dh0, dc0, None, None, None
 
 
@@ -346,7 +418,7 @@ def _gru_backward(ctx, dy, dh_n, *_workspace_grads):
     dy = _zeros_if_none(dy, gates.new_empty(gates.shape[0], H))
     dh_n = _zeros_if_none(dh_n, h0)
     d_gates, d_gates_h, dh0 = gru_layer_backward(dy, dh_n, w_hh, batch_sizes, ctx.reverse, gates, gh_n, h_prev)
-    dw_hh = d_gates_h.t().mm(h_prev)  # [3H, H]
+    dw_hh = gemm(d_gates_h.t(), h_prev)  # [3H, H]
     db_hn = d_gates_h[:, 2 * H :].sum(0) if ctx.has_b_hn else None
     return d_gates, dw_hh, db_hn, dh0, None, None, None
 
@@ -435,7 +507,7 @@ def _rnn_backward(ctx, dy, dh_n, _h_prev_grad):
     dy = _zeros_if_none(dy, y)
     dh_n = _zeros_if_none(dh_n, h0)
     d_gates, dh0 = rnn_layer_backward(dy, dh_n, w_hh, y, batch_sizes, ctx.reverse, ctx.relu)
-    dw_hh = d_gates.t().mm(h_prev)  # [H, H]
+    dw_hh = gemm(d_gates.t(), h_prev)  # [H, H]
     return d_gates, dw_hh, dh0, None, None, None, None
 
 

@@ -1,0 +1,155 @@
+// The large non-recurrent GEMMs of a layer: the input projection of all steps (x W_ih^T + b), and in the
+// backward dx = dG W_ih and the weight gradients dW = dG^T h. torch's BLAS (MKL) would do, but on this
+// project's AMD machines MKL takes a slow generic path (~40% of the FMA peak); this GEMM reuses the
+// recurrence's register-blocked microkernel and runs at the same efficiency.
+//
+// C[M, N] (+)= A[M, K] B[K, N] (+ bias[N]), A and B given by element strides (so transposed operands need no
+// copy). Threads split the columns of C; each packs its B columns into K-blocked panels that stay in L2,
+// and walks row blocks of A small enough to stay in L2 too.
+#include "kernels_api.h"
+#include "recurrence.h"
+
+namespace pyrnn {
+namespace PYRNN_ISA {
+namespace {
+
+constexpr int64_t kBlockK = 256;  // depth of a packed panel block
+constexpr int64_t kBlockM = 192;  // rows of A reused across all of a thread's panels
+
+// Transposed-A microkernel: A's MR rows at a given k are contiguous (a[k * stride_k + r]).
+template <typename T, int MR, int NV>
+inline void microkernel_cols(const T* a, int64_t stride_k, int64_t K, const T* panel, Vec<T> (&acc)[MR][NV]) {
+  constexpr int W = Simd<T>::W;
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>{};
+  for (int64_t k = 0; k < K; ++k) {
+    Vec<T> w[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) w[v] = vload(panel + (k * NV + v) * W);
+    const T* ak = a + k * stride_k;
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const Vec<T> ar = vbroadcast(ak[r]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) acc[r][v] += ar * w[v];
+    }
+  }
+}
+
+template <typename T>
+struct GemmArgs {
+  int64_t M, N, K;
+  const T* a;
+  int64_t sa_m, sa_k;
+  const T* b;
+  int64_t sb_k, sb_n;
+  T* c;
+  int64_t ldc;
+  bool accumulate;
+  const T* bias;
+};
+
+// One tile of MR rows starting at m0 against one packed panel (k-block kb, columns c0..): C tile update.
+template <typename T, int MR, int NV>
+inline void gemm_tile(const GemmArgs<T>& g, int64_t m0, int64_t k0, int64_t kn, const T* panel, int64_t c0,
+                      int64_t c_end, bool first_k) {
+  constexpr int W = Simd<T>::W;
+  Vec<T> acc[MR][NV];
+  if (g.sa_m == 1) {
+    microkernel_cols<T, MR, NV>(g.a + m0 + k0 * g.sa_k, g.sa_k, kn, panel, acc);
+  } else {
+    const T* rows[MR];
+    for (int r = 0; r < MR; ++r) rows[r] = g.a + (m0 + r) * g.sa_m + k0 * g.sa_k;
+    if (g.sa_k == 1) {
+      microkernel<T, MR, NV>(rows, kn, panel, acc);
+    } else {  // general strides: gather the tile's A block first
+      Scratch<T> tmp(MR * kn);
+      const T* trows[MR];
+      for (int r = 0; r < MR; ++r) {
+        for (int64_t k = 0; k < kn; ++k) tmp[r * kn + k] = rows[r][k * g.sa_k];
+        trows[r] = tmp.data + r * kn;
+      }
+      microkernel<T, MR, NV>(trows, kn, panel, acc);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    T* crow = g.c + (m0 + r) * g.ldc;
+    for (int v = 0; v < NV; ++v) {
+      const int64_t c = c0 + v * W;
+      if (c >= c_end) break;
+      const int cnt = static_cast<int>(std::min<int64_t>(W, c_end - c));
+      Vec<T> val = acc[r][v];
+      if (!first_k || g.accumulate) val += vload(crow + c, cnt);
+      if (first_k && g.bias) val += vload(g.bias + c, cnt);
+      vstore(crow + c, val, cnt);
+    }
+  }
+}
+
+template <typename T, int MR, int NV>
+inline void gemm_tail(const GemmArgs<T>& g, int64_t m0, int64_t left, int64_t k0, int64_t kn, const T* panel,
+                      int64_t c0, int64_t c_end, bool first_k) {
+  if constexpr (MR > 0) {
+    if (left == MR) return gemm_tile<T, MR, NV>(g, m0, k0, kn, panel, c0, c_end, first_k);
+    gemm_tail<T, MR - 1, NV>(g, m0, left, k0, kn, panel, c0, c_end, first_k);
+  }
+}
+
+template <typename T>
+void gemm_impl(const GemmArgs<T>& g, int nthreads) {
+  constexpr int W = Simd<T>::W, NV = kPlainNV, NC = NV * W, MR = rows_for(NV);
+  if (g.M <= 0 || g.N <= 0) return;
+  if (g.K <= 0) {  // C = bias (or unchanged when accumulating)
+    for (int64_t m = 0; m < g.M; ++m)
+      for (int64_t n = 0; n < g.N; ++n)
+        if (!g.accumulate) g.c[m * g.ldc + n] = g.bias ? g.bias[n] : T(0);
+    return;
+  }
+  const int64_t col_panels = (g.N + NC - 1) / NC;
+  const int64_t macs = g.M * g.N * g.K;
+  int64_t n = nthreads < 1 ? 1 : nthreads;  // threads worth their start-up: ~256k multiply-adds each
+  if (n > col_panels) n = col_panels;
+  if (n > macs / (1 << 18)) n = macs / (1 << 18) < 1 ? 1 : macs / (1 << 18);
+  ThreadTeam::instance().run(static_cast<int>(n), [&](int tid, int nt, SpinBarrier&) {
+    const Range panels = split(col_panels, tid, nt, 1);
+    if (panels.begin >= panels.end) return;
+    const Range cols{panels.begin * NC, std::min(g.N, panels.end * NC)};
+    const int64_t my_panels = panels.end - panels.begin;
+    Scratch<T> packed(my_panels * std::min(kBlockK, g.K) * NC);
+    for (int64_t k0 = 0; k0 < g.K; k0 += kBlockK) {
+      const int64_t kn = std::min(kBlockK, g.K - k0);
+      for (int64_t p = 0; p < my_panels; ++p)
+        pack_panel<T, NV>(packed.data + p * kn * NC, kn, cols.begin + p * NC, cols.end,
+                          [&](int64_t k, int64_t c) { return g.b[(k0 + k) * g.sb_k + c * g.sb_n]; });
+      for (int64_t m_block = 0; m_block < g.M; m_block += kBlockM) {
+        const int64_t m_end = std::min(g.M, m_block + kBlockM);
+        for (int64_t p = 0; p < my_panels; ++p) {
+          const T* panel = packed.data + p * kn * NC;
+          const int64_t c0 = cols.begin + p * NC;
+          int64_t m0 = m_block;
+          for (; m0 + MR <= m_end; m0 += MR) gemm_tile<T, MR, NV>(g, m0, k0, kn, panel, c0, cols.end, k0 == 0);
+          if (m0 < m_end) gemm_tail<T, MR - 1, NV>(g, m0, m_end - m0, k0, kn, panel, c0, cols.end, k0 == 0);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void gemm(const GemmSpec& s) {
+  if (s.dtype == static_cast<int>(DType::kFloat64)) {
+    const GemmArgs<double> g{s.M, s.N, s.K, cptr<double>(s.a), s.sa_m, s.sa_k, cptr<double>(s.b), s.sb_k, s.sb_n,
+                             mptr<double>(s.c), s.ldc, s.accumulate, cptr<double>(s.bias)};
+    gemm_impl(g, s.nthreads);
+  } else {
+    const GemmArgs<float> g{s.M, s.N, s.K, cptr<float>(s.a), s.sa_m, s.sa_k, cptr<float>(s.b), s.sb_k, s.sb_n,
+                            mptr<float>(s.c), s.ldc, s.accumulate, cptr<float>(s.bias)};
+    gemm_impl(g, s.nthreads);
+  }
+}
+
+}  // namespace PYRNN_ISA
+}  // namespace pyrnn
