@@ -51,7 +51,7 @@ struct GruCell {
   const T* proj_input_row(int64_t) const { return nullptr; }
   void finish_row(int64_t, int64_t) {}
 
-  void backward_vec(int64_t n, int64_t, int64_t u, int cnt, V dh, int64_t, int64_t) {
+  void backward_vec(int64_t n, int64_t, int64_t u, int cnt, V dh, int64_t, int64_t, int64_t) {
     const T* gr = gates + n * 3 * H + u;
     const V r = vload(gr, cnt), z = vload(gr + H, cnt), nn = vload(gr + 2 * H, cnt);
     const V dn = dh * (T(1) - z) * (T(1) - nn * nn);

@@ -16,7 +16,7 @@ struct LstmCell {
   static constexpr int NU = 1;  // unit vectors per forward panel: 4 gates x 1 vector
   static constexpr bool kHasDirectPath = false;
 
-  int64_t H, P, ys;
+  int64_t H, P, B, ys;
   const T* gx;      // [N, 4H]
   const T* c0;      // [B, H]
   T* y;             // [N, Hin]
@@ -28,14 +28,15 @@ struct LstmCell {
   const T* dc_n;    // [B, H]
   T* d_gates;       // [N, 4H]
   T* dc0;           // [B, H]
-  T* dc_prev_ws;    // [N, H]
+  T* dc_prev_ws;    // [2, B, H]
 
   explicit LstmCell(const RecurrenceArgs& a)
-      : H(a.H), P(a.P), ys(a.y_stride), gx(cptr<T>(a.gx)), c0(cptr<T>(a.c0)), y(mptr<T>(a.y)),
+      : H(a.H), P(a.P), B(a.B), ys(a.y_stride), gx(cptr<T>(a.gx)), c0(cptr<T>(a.c0)), y(mptr<T>(a.y)),
         cell(mptr<T>(a.cell)), proj_in(mptr<T>(a.proj_in)), gates(mptr<T>(a.gates)), c_n(mptr<T>(a.c_n)),
         dc_n(cptr<T>(a.dc_n)), d_gates(mptr<T>(a.d_gates)), dc0(mptr<T>(a.dc0)),
         dc_prev_ws(mptr<T>(a.dc_prev_ws)) {}
 
+  T* dc_ring(int64_t it, int64_t b) const { return dc_prev_ws + ((it & 1) * B + b) * H; }
   const T* c_prev(int64_t b, int64_t prev, int64_t u) const { return prev >= 0 ? cell + prev * H + u : c0 + b * H + u; }
 
   void forward_vec(int64_t n, int64_t b, int64_t prev, int64_t u, int cnt, const T* /*h_prev*/, const V* acc) {
@@ -60,18 +61,19 @@ struct LstmCell {
   void finish_row(int64_t b, int64_t last) { copy_row(cell + last * H, H, c_n + b * H); }
 
   // dh: dL/d(o * tanh(c)) of units [u, u+cnt) at packed row n.
-  void backward_vec(int64_t n, int64_t b, int64_t u, int cnt, V dh, int64_t next, int64_t prev) {
+  void backward_vec(int64_t n, int64_t b, int64_t u, int cnt, V dh, int64_t next, int64_t prev, int64_t it) {
     const T* gr = gates + n * 4 * H + u;
     const V i = vload(gr, cnt), f = vload(gr + H, cnt), g = vload(gr + 2 * H, cnt), o = vload(gr + 3 * H, cnt);
     const V tc = vtanh(vload(cell + n * H + u, cnt));
-    const V dc_carry = vload(next >= 0 ? dc_prev_ws + next * H + u : dc_n + b * H + u, cnt);
+    // dc_prev_ws: a ring of two steps [2, B, H], written at iteration it and read at it - 1.
+    const V dc_carry = vload(next >= 0 ? dc_ring(it + 1, b) + u : dc_n + b * H + u, cnt);
     const V dc = dc_carry + dh * o * (T(1) - tc * tc);
     T* dg = d_gates + n * 4 * H + u;
     vstore(dg, dc * g * i * (T(1) - i), cnt);
     vstore(dg + H, dc * vload(c_prev(b, prev, u), cnt) * f * (T(1) - f), cnt);
     vstore(dg + 2 * H, dc * i * (T(1) - g * g), cnt);
     vstore(dg + 3 * H, dh * tc * o * (T(1) - o), cnt);
-    vstore((prev >= 0 ? dc_prev_ws + n * H : dc0 + b * H) + u, dc * f, cnt);
+    vstore((prev >= 0 ? dc_ring(it, b) : dc0 + b * H) + u, dc * f, cnt);
   }
   V dh_extra(int64_t, int64_t, int, V) const { return V{}; }
 };

@@ -293,10 +293,11 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
 
 // Backward of one layer-direction, walking the steps in the opposite order of the forward.
 // The Cell provides:
-//   backward_vec(n, b, u, cnt, dh, next, prev)   from dh = dL/d(output of units [u, u+cnt) at row n) (with a
+//   backward_vec(n, b, u, cnt, dh, next, prev, it)   (it: the iteration, for two-step rings) from dh = dL/d(output of units [u, u+cnt) at row n) (with a
 //       projection: dL/d(pre-projection value)), writes the gate gradients of row n into d_gates (and d_gates_h)
 //   dh_extra(n, u, cnt, dh_total)                the part of dL/dh_prev that skips the GEMM (GRU: dh * z)
-// The driver writes dh_prev[n] = W_hh^T · d_gates_h[n] + extra into dh_prev_ws (or dh0 at a row's first step).
+// The driver writes dh_prev[n] = W_hh^T · d_gates_h[n] + extra into the dh_prev_ws ring (or dh0 at a row's
+// first step).
 //
 // Without projection the thread that owns units J also owns columns J of the dh GEMM, so the pointwise math
 // of the next step follows the GEMM on the same thread with no barrier between: one barrier per step.
@@ -314,10 +315,12 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
   T* dh_total = mptr<T>(a.dh_total);      // [N, P] (projection only)
   const T* d_gates_h = cptr<T>(a.d_gates_h ? a.d_gates_h : a.d_gates);  // [N, G*H]
 
-  // dL/d(output h of (t, b)): what the consuming step sent back, or dL/dh_n for a row's last step.
-  auto carry_row = [&](int64_t t, int64_t b) -> const T* {
-    const int64_t nx = s.next_row(t, b);
-    return nx >= 0 ? dh_prev_ws + nx * Hin : dh_n + b * Hin;
+  // dh_prev_ws is a ring of two steps, [2, B, Hin]: what iteration `it` sends back is read at it - 1 only.
+  auto ring_row = [&](int64_t it, int64_t b) { return dh_prev_ws + ((it & 1) * a.B + b) * Hin; };
+  // dL/d(output h of (t, b)) at iteration it: what the consuming step (processed just before) sent back,
+  // or dL/dh_n for a row's last step.
+  auto carry_row = [&](int64_t it, int64_t b) -> const T* {
+    return s.next_row(s.time_at(it), b) >= 0 ? ring_row(it + 1, b) : dh_n + b * Hin;
   };
   const int nthreads = threads_for(a.B * GH * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
   ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
@@ -327,9 +330,9 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     ColumnPanels<T, NV> dh_panels(in_cols, GH, [&](int64_t r, int64_t c) { return w_hh[r * Hin + c]; });
     ColumnPanels<T, NV> dm_panels(P > 0 ? units : Range{0, 0}, P, [&](int64_t p, int64_t j) { return w_hr[p * H + j]; });
 
-    // Pointwise backward of time t for this thread's units (dh from dy + carry, or through W_hr^T).
-    auto pointwise = [&](int64_t t) {
-      const int64_t bs = s.batch[t], off = s.offset[t];
+    // Pointwise backward of iteration it for this thread's units (dh from dy + carry, or through W_hr^T).
+    auto pointwise = [&](int64_t it) {
+      const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
       if (P > 0) {
         auto rows = [&](int64_t b) -> const T* { return dh_total + (off + b) * P; };
         for (int64_t p = 0; p < dm_panels.count; ++p) {
@@ -339,7 +342,8 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
             for (int v = 0; v < NV; ++v) {
               const int64_t u = j0 + v * W;
               if (u >= units.end) break;
-              cell.backward_vec(off + b, b, u, static_cast<int>(std::min<int64_t>(W, units.end - u)), acc[v], next, prev);
+              cell.backward_vec(off + b, b, u, static_cast<int>(std::min<int64_t>(W, units.end - u)), acc[v], next,
+                                prev, it);
             }
           });
         }
@@ -347,32 +351,32 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
       }
       for (int64_t b = 0; b < bs; ++b) {
         const int64_t n = off + b, next = s.next_row(t, b), prev = s.prev_row(t, b);
-        const T* carry = carry_row(t, b);
+        const T* carry = carry_row(it, b);
         for (int64_t u = units.begin; u < units.end; u += W) {
           const int cnt = static_cast<int>(std::min<int64_t>(W, units.end - u));
-          cell.backward_vec(n, b, u, cnt, vload(dy + n * Hin + u, cnt) + vload(carry + u, cnt), next, prev);
+          cell.backward_vec(n, b, u, cnt, vload(dy + n * Hin + u, cnt) + vload(carry + u, cnt), next, prev, it);
         }
       }
     };
     // dh_total = dy + carry for this thread's projection columns (projection only).
-    auto total_grad = [&](int64_t t) {
-      const int64_t bs = s.batch[t], off = s.offset[t];
+    auto total_grad = [&](int64_t it) {
+      const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
       for (int64_t b = 0; b < bs; ++b) {
-        const T* carry = carry_row(t, b);
+        const T* carry = carry_row(it, b);
         for (int64_t p = in_cols.begin; p < in_cols.end; ++p)
           dh_total[(off + b) * P + p] = dy[(off + b) * P + p] + carry[p];
       }
     };
-    // dh_prev of time t for this thread's columns.
-    auto dh_gemm = [&](int64_t t) {
-      const int64_t bs = s.batch[t], off = s.offset[t];
+    // dh_prev of iteration it for this thread's columns.
+    auto dh_gemm = [&](int64_t it) {
+      const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
       auto rows = [&](int64_t b) { return d_gates_h + (off + b) * GH; };
       for (int64_t p = 0; p < dh_panels.count; ++p) {
         const int64_t c0 = dh_panels.first_col(p);
         gemm_rows<T, MR, NV>(bs, GH, dh_panels.panel(p), rows, [&](int64_t b, const Vec<T>* acc) {
           const int64_t n = off + b, prev = s.prev_row(t, b);
-          T* out = prev >= 0 ? dh_prev_ws + n * Hin : dh0 + b * Hin;
-          const T* carry = Cell::kHasDirectPath ? carry_row(t, b) : nullptr;
+          T* out = prev >= 0 ? ring_row(it, b) : dh0 + b * Hin;
+          const T* carry = Cell::kHasDirectPath ? carry_row(it, b) : nullptr;
           for (int v = 0; v < NV; ++v) {
             const int64_t c = c0 + v * W;
             if (c >= in_cols.end) break;
@@ -387,19 +391,19 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
 
     const int64_t last = a.T - 1;
     if (P > 0) {
-      total_grad(s.time_at(last));
+      total_grad(last);
       barrier.wait();
     }
-    pointwise(s.time_at(last));
+    pointwise(last);
     barrier.wait();
     for (int64_t it = last; it >= 0; --it) {
-      dh_gemm(s.time_at(it));
+      dh_gemm(it);
       if (it == 0) break;
       if (P > 0) {
-        total_grad(s.time_at(it - 1));  // own columns, just written by dh_gemm on this thread
+        total_grad(it - 1);  // own columns, just written by dh_gemm on this thread
         barrier.wait();
       }
-      pointwise(s.time_at(it - 1));
+      pointwise(it - 1);
       barrier.wait();
     }
   });

@@ -49,8 +49,9 @@ struct RecurrenceArgs {
   uintptr_t dc0 = 0;        // [B, H] (LSTM)
   uintptr_t dh_total = 0;   // [N, P] LSTM projection: dL/dh per step, for dW_hr
   // Backward workspace.
-  uintptr_t dh_prev_ws = 0;  // [N, Hin] dL/d(state entering each step), read by the step that produced it
-  uintptr_t dc_prev_ws = 0;  // [N, H] LSTM: the same for the cell state
+  uintptr_t dh_prev_ws = 0;  // [2, B, Hin] dL/d(state entering a step), read by the step that produced it,
+                             // which the backward processes right after: a ring of two steps suffices
+  uintptr_t dc_prev_ws = 0;  // [2, B, H] LSTM: the same for the cell state
 };
 
 // C[M, N] (+)= A[M, K] B[K, N] (+ bias[N]); operands by element strides, C row-major with row stride ldc.

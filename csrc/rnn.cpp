@@ -32,7 +32,7 @@ struct RnnCell {
   const T* proj_input_row(int64_t) const { return nullptr; }
   void finish_row(int64_t, int64_t) {}
 
-  void backward_vec(int64_t n, int64_t, int64_t u, int cnt, V dh, int64_t, int64_t) {
+  void backward_vec(int64_t n, int64_t, int64_t u, int cnt, V dh, int64_t, int64_t, int64_t) {
     const V h = vload(y + n * ys + u, cnt);
     vstore(d_gates + n * H + u, relu ? (h > T(0) ? dh : V{}) : dh * (T(1) - h * h), cnt);
   }

@@ -277,7 +277,7 @@ def lstm_layer_backward(
     w_hr = None if w_hr is None else w_hr.contiguous()
     d_gates, dh0, dc0 = dy.new_empty(N, 4 * H), dy.new_empty(B, Hin), dy.new_empty(B, H)
     dh_total = dy.new_empty(N, P) if P > 0 else dy.new_empty(0)
-    dh_prev_ws, dc_prev_ws = dy.new_empty(N, Hin), dy.new_empty(N, H)
+    dh_prev_ws, dc_prev_ws = dy.new_empty(2, B, Hin), dy.new_empty(2, B, H)  # two-step rings
 
     a = _args(dy, bs, B, H, P, reverse)
     a.w_hh, a.w_hr, a.c0, a.dy, a.dh_n, a.dc_n = _ptr(w_hh), _ptr(w_hr), _ptr(c0), _ptr(dy), _ptr(dh_n), _ptr(dc_n)
@@ -388,7 +388,7 @@ def gru_layer_backward(
     _validate_backward(dy, dh_n, bs, N, H, ws)
     dy, dh_n, w_hh = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous()
     d_gates, d_gates_h, dh0 = dy.new_empty(N, 3 * H), dy.new_empty(N, 3 * H), dy.new_empty(B, H)
-    dh_prev_ws = dy.new_empty(N, H)
+    dh_prev_ws = dy.new_empty(2, B, H)  # two-step ring
 
     a = _args(dy, bs, B, H, 0, reverse)
     a.w_hh, a.dy, a.dh_n = _ptr(w_hh), _ptr(dy), _ptr(dh_n)
@@ -479,7 +479,7 @@ def rnn_layer_backward(
     N, H, B = dy.shape[0], w_hh.shape[0], dh_n.shape[0]
     _validate_backward(dy, dh_n, bs, N, H, {"y": (y, (N, H)), "w_hh": (w_hh, (H, H))})
     dy, dh_n, w_hh, y = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), y.contiguous()
-    d_gates, dh0, dh_prev_ws = dy.new_empty(N, H), dy.new_empty(B, H), dy.new_empty(N, H)
+    d_gates, dh0, dh_prev_ws = dy.new_empty(N, H), dy.new_empty(B, H), dy.new_empty(2, B, H)
 
     a = _args(dy, bs, B, H, 0, reverse)
     a.nonlinearity = 1 if relu else 0
