@@ -21,12 +21,14 @@ struct KernelSet {
   const char* name;
   Kernel lstm_forward, lstm_backward, gru_forward, gru_backward, rnn_forward, rnn_backward;
   void (*gemm)(const pyrnn::GemmSpec&);
+  double (*fma_peak_gflops)(int, int64_t);
 };
 
 #define PYRNN_KERNEL_SET(isa)                                                                          \
   KernelSet {                                                                                          \
     #isa, pyrnn::isa::lstm_forward, pyrnn::isa::lstm_backward, pyrnn::isa::gru_forward,               \
-        pyrnn::isa::gru_backward, pyrnn::isa::rnn_forward, pyrnn::isa::rnn_backward, pyrnn::isa::gemm  \
+        pyrnn::isa::gru_backward, pyrnn::isa::rnn_forward, pyrnn::isa::rnn_backward, pyrnn::isa::gemm, \
+        pyrnn::isa::fma_peak_gflops                                                                     \
   }
 
 // Instruction sets this build has and this CPU runs, best first.
@@ -109,6 +111,9 @@ PYBIND11_MODULE(_C, m) {
       "set_parallel_threshold", [](int64_t macs) { pyrnn::min_macs_per_thread().store(macs); }, py::arg("macs"),
       "per-step multiply-adds each extra thread needs (tests set 1 to force the threaded path)");
   m.def("get_parallel_threshold", [] { return pyrnn::min_macs_per_thread().load(); });
+  m.def("fma_peak_gflops", [](int nthreads, int64_t iterations) { return active->fma_peak_gflops(nthreads, iterations); },
+        nogil, py::arg("nthreads"), py::arg("iterations") = 100000000,
+        "measured float32 FMA throughput of this machine with the active ISA, GFLOP/s");
   m.def("thread_backend", [] { return std::string(pyrnn::ThreadTeam::backend()); },
         "'openmp' when the kernels run on torch's OpenMP threads, 'team' on pyrnn's own");
   m.def("isa", [] { return std::string(active->name); }, "instruction set the kernels run with");

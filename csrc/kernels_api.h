@@ -14,6 +14,7 @@
   void rnn_forward(const RecurrenceArgs& args);      \
   void rnn_backward(const RecurrenceArgs& args);     \
   void gemm(const GemmSpec& spec);                   \
+  double fma_peak_gflops(int nthreads, int64_t iterations); \
   }                                                  \
   }
 

@@ -23,6 +23,7 @@ def backends() -> dict:
     if _C is not None:
         cpu["isa"] = _C.isa()
         cpu["isas"] = list(_C.available_isas())
+        cpu["threads"] = _C.thread_backend()
     else:
         cpu["reason"] = f"{BUILD_HINT} ({_IMPORT_ERROR})"
     return {"cpu": cpu}

@@ -187,12 +187,35 @@ def _progress(i: int, n: int, label: str) -> None:
         sys.stderr.write(f"[{i + 1}/{n}] {label}\n")
 
 
-def format_table(results: list[Result]) -> str:
+def fma_peak_gflops() -> float:
+    """This machine's float32 FMA throughput on torch.get_num_threads() threads, measured now."""
+    from ._ext import cpu_kernels
+
+    return cpu_kernels().fma_peak_gflops(torch.get_num_threads(), 50_000_000)
+
+
+def tune_malloc() -> bool:
+    """Raise glibc's mmap and trim thresholds for this process, so the large per-call workspaces of both
+    torch.nn and pyrnn are reused from the heap instead of being page-faulted in on every call (what a tuned
+    deployment gets from these settings or from jemalloc/tcmalloc). Returns False where glibc is absent."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def format_table(results: list[Result], peak: Optional[float] = None) -> str:
     head = f"{'case':48s} {'torch.nn ms':>12s} {'pyrnn ms':>10s} {'speedup':>8s} {'pyrnn GF/s':>11s} {'torch GF/s':>11s}"
+    head += f" {'pyrnn %peak':>12s}" if peak else ""
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r.case.label():48s} {r.torch_ms:12.2f} {r.pyrnn_ms:10.2f} {r.ratio:7.2f}x "
-                     f"{r.pyrnn_gflops:11.1f} {r.torch_gflops:11.1f}")
+        line = (f"{r.case.label():48s} {r.torch_ms:12.2f} {r.pyrnn_ms:10.2f} {r.ratio:7.2f}x "
+                f"{r.pyrnn_gflops:11.1f} {r.torch_gflops:11.1f}")
+        lines.append(line + (f" {100 * r.pyrnn_gflops / peak:11.0f}%" if peak else ""))
     ratios = [r.ratio for r in results]
     if ratios:
         lines.append("-" * len(head))
@@ -225,6 +248,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per case, at least")
     p.add_argument("--cell", action="append", choices=list(GATES), help="only these cells")
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="raise glibc's mmap/trim thresholds first (applies to torch.nn and pyrnn alike)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="also write a PNG of the speedups (needs matplotlib)")
     args = p.parse_args(argv)
@@ -232,15 +257,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     cases = [c for c in standard_grid(args.quick) if not args.cell or c.cell in args.cell]
     info = machine_info()
+    info["malloc_tuned"] = tune_malloc() if args.tune_malloc else False
+    info["fma_peak_gflops"] = peak = fma_peak_gflops()
     print(f"pyrnn {info['pyrnn']} vs torch {info['torch']} on {info.get('cpu', info['machine'])}, "
-          f"{info['threads']} threads, CPU kernels: {info['backends']['cpu'].get('isa')}")
+          f"{info['threads']} threads, CPU kernels: {info['backends']['cpu'].get('isa')} "
+          f"({info['backends']['cpu'].get('threads')} threads), float32 FMA peak {peak:.0f} GFLOP/s, "
+          f"malloc {'tuned' if info['malloc_tuned'] else 'glibc defaults'}")
     results = []
     for i, case in enumerate(cases):
         _progress(i, len(cases), case.label())
         results.append(time_case(case, min_time=args.min_time))
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    print(format_table(results))
+    print(format_table(results, peak))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "results": [asdict(r) for r in results]}, f, indent=1)
