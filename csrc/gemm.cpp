@@ -114,9 +114,13 @@ void gemm_impl(const GemmArgs<T>& g, int nthreads) {
   int64_t n = nthreads < 1 ? 1 : nthreads;  // threads worth their start-up: ~256k multiply-adds each
   if (n > col_panels) n = col_panels;
   if (n > macs / (1 << 18)) n = macs / (1 << 18) < 1 ? 1 : macs / (1 << 18);
+  // Split the columns of C when there are enough panels to go round; otherwise (few, narrow columns, as in
+  // weight gradients) split the rows, each thread packing all of B.
+  const bool split_cols = col_panels >= 2 * n;
   ThreadTeam::instance().run(static_cast<int>(n), [&](int tid, int nt, SpinBarrier&) {
-    const Range panels = split(col_panels, tid, nt, 1);
-    if (panels.begin >= panels.end) return;
+    const Range panels = split_cols ? split(col_panels, tid, nt, 1) : Range{0, col_panels};
+    const Range rows = split_cols ? Range{0, g.M} : split(g.M, tid, nt, MR);
+    if (panels.begin >= panels.end || rows.begin >= rows.end) return;
     const Range cols{panels.begin * NC, std::min(g.N, panels.end * NC)};
     const int64_t my_panels = panels.end - panels.begin;
     Scratch<T> packed(my_panels * std::min(kBlockK, g.K) * NC);
@@ -125,8 +129,8 @@ void gemm_impl(const GemmArgs<T>& g, int nthreads) {
       for (int64_t p = 0; p < my_panels; ++p)
         pack_panel<T, NV>(packed.data + p * kn * NC, kn, cols.begin + p * NC, cols.end,
                           [&](int64_t k, int64_t c) { return g.b[(k0 + k) * g.sb_k + c * g.sb_n]; });
-      for (int64_t m_block = 0; m_block < g.M; m_block += kBlockM) {
-        const int64_t m_end = std::min(g.M, m_block + kBlockM);
+      for (int64_t m_block = rows.begin; m_block < rows.end; m_block += kBlockM) {
+        const int64_t m_end = std::min(rows.end, m_block + kBlockM);
         for (int64_t p = 0; p < my_panels; ++p) {
           const T* panel = packed.data + p * kn * NC;
           const int64_t c0 = cols.begin + p * NC;
