@@ -99,9 +99,19 @@ inline void gemm_tail(const GemmArgs<T>& g, int64_t m0, int64_t left, int64_t k0
   }
 }
 
+// Rows [m_block, m_end) against one packed panel NV vectors wide.
+template <typename T, int NV>
+inline void gemm_block(const GemmArgs<T>& g, int64_t m_block, int64_t m_end, int64_t k0, int64_t kn, const T* panel,
+                       int64_t c0, int64_t c_end) {
+  constexpr int MR = rows_for(NV);
+  int64_t m0 = m_block;
+  for (; m0 + MR <= m_end; m0 += MR) gemm_tile<T, MR, NV>(g, m0, k0, kn, panel, c0, c_end, k0 == 0);
+  if (m0 < m_end) gemm_tail<T, MR - 1, NV>(g, m0, m_end - m0, k0, kn, panel, c0, c_end, k0 == 0);
+}
+
 template <typename T>
 void gemm_impl(const GemmArgs<T>& g, int nthreads) {
-  constexpr int W = Simd<T>::W, NV = kPlainNV, NC = NV * W, MR = rows_for(NV);
+  constexpr int W = Simd<T>::W, NV = kPlainNV, NC = NV * W;
   if (g.M <= 0 || g.N <= 0) return;
   if (g.K <= 0) {  // C = bias (or unchanged when accumulating)
     for (int64_t m = 0; m < g.M; ++m)
@@ -119,24 +129,23 @@ void gemm_impl(const GemmArgs<T>& g, int nthreads) {
   const bool split_cols = col_panels >= 2 * n;
   ThreadTeam::instance().run(static_cast<int>(n), [&](int tid, int nt, SpinBarrier&) {
     const Range panels = split_cols ? split(col_panels, tid, nt, 1) : Range{0, col_panels};
-    const Range rows = split_cols ? Range{0, g.M} : split(g.M, tid, nt, MR);
+    const Range rows = split_cols ? Range{0, g.M} : split(g.M, tid, nt, rows_for(NV));
     if (panels.begin >= panels.end || rows.begin >= rows.end) return;
     const Range cols{panels.begin * NC, std::min(g.N, panels.end * NC)};
-    const int64_t my_panels = panels.end - panels.begin;
-    Scratch<T> packed(my_panels * std::min(kBlockK, g.K) * NC);
     for (int64_t k0 = 0; k0 < g.K; k0 += kBlockK) {
       const int64_t kn = std::min(kBlockK, g.K - k0);
-      for (int64_t p = 0; p < my_panels; ++p)
-        pack_panel<T, NV>(packed.data + p * kn * NC, kn, cols.begin + p * NC, cols.end,
-                          [&](int64_t k, int64_t c) { return g.b[(k0 + k) * g.sb_k + c * g.sb_n]; });
+      const ColumnPanels<T, NV> packed(cols, kn, [&](int64_t k, int64_t c) { return g.b[(k0 + k) * g.sb_k + c * g.sb_n]; });
       for (int64_t m_block = rows.begin; m_block < rows.end; m_block += kBlockM) {
         const int64_t m_end = std::min(rows.end, m_block + kBlockM);
-        for (int64_t p = 0; p < my_panels; ++p) {
-          const T* panel = packed.data + p * kn * NC;
-          const int64_t c0 = cols.begin + p * NC;
-          int64_t m0 = m_block;
-          for (; m0 + MR <= m_end; m0 += MR) gemm_tile<T, MR, NV>(g, m0, k0, kn, panel, c0, cols.end, k0 == 0);
-          if (m0 < m_end) gemm_tail<T, MR - 1, NV>(g, m0, m_end - m0, k0, kn, panel, c0, cols.end, k0 == 0);
+        for (int64_t p = 0; p < packed.count; ++p) {
+          const T* panel = packed.panel(p);
+          const int64_t c0 = packed.first_col(p);
+          switch (packed.width(p)) {
+            case 1: gemm_block<T, 1>(g, m_block, m_end, k0, kn, panel, c0, cols.end); break;
+            case 2: gemm_block<T, 2>(g, m_block, m_end, k0, kn, panel, c0, cols.end); break;
+            case 3: gemm_block<T, 3>(g, m_block, m_end, k0, kn, panel, c0, cols.end); break;
+            default: gemm_block<T, NV>(g, m_block, m_end, k0, kn, panel, c0, cols.end); break;
+          }
         }
       }
     }

@@ -187,21 +187,43 @@ struct UnitSplit {
   }
 };
 
-// Plain column panels over [cols.begin, cols.end), each NV vectors wide, packed once per call.
+// Plain column panels over [cols.begin, cols.end), packed once per call: NV vectors wide, the last one only
+// as wide as the columns left (so a thread owning 32 columns does not run 64-wide tiles).
 template <typename T, int NV>
 struct ColumnPanels {
-  static constexpr int NC = NV * Simd<T>::W;
+  static constexpr int W = Simd<T>::W, NC = NV * W;
   Range cols;
   int64_t K, count;
   Scratch<T> data;
   template <typename ColValue>
   ColumnPanels(Range c, int64_t k, ColValue col_value)
       : cols(c), K(k), count(c.end > c.begin ? (c.end - c.begin + NC - 1) / NC : 0), data(count * k * NC) {
-    for (int64_t p = 0; p < count; ++p)
-      pack_panel<T, NV>(data.data + p * K * NC, K, cols.begin + p * NC, cols.end, col_value);
+    for (int64_t p = 0; p < count; ++p) {
+      switch (width(p)) {
+        case 1: pack_panel<T, 1>(data.data + p * K * NC, K, first_col(p), cols.end, col_value); break;
+        case 2: pack_panel<T, 2>(data.data + p * K * NC, K, first_col(p), cols.end, col_value); break;
+        case 3: pack_panel<T, 3>(data.data + p * K * NC, K, first_col(p), cols.end, col_value); break;
+        default: pack_panel<T, NV>(data.data + p * K * NC, K, first_col(p), cols.end, col_value); break;
+      }
+    }
   }
   const T* panel(int64_t p) const { return data.data + p * K * NC; }
   int64_t first_col(int64_t p) const { return cols.begin + p * NC; }
+  int width(int64_t p) const {  // vectors in panel p
+    const int64_t left = (cols.end - first_col(p) + W - 1) / W;
+    return static_cast<int>(left < NV ? left : NV);
+  }
+  // gemm_rows over panel p at its own width; the epilogue sees `width(p)` accumulators.
+  template <typename RowPtr, typename Epilogue>
+  void gemm(int64_t p, int64_t rows, RowPtr row_ptr, Epilogue epilogue) const {
+    static_assert(NV <= 4, "widths up to 4 vectors are instantiated");
+    switch (width(p)) {
+      case 1: return gemm_rows<T, rows_for(1), 1>(rows, K, panel(p), row_ptr, epilogue);
+      case 2: return gemm_rows<T, rows_for(2), 2>(rows, K, panel(p), row_ptr, epilogue);
+      case 3: return gemm_rows<T, rows_for(3), 3>(rows, K, panel(p), row_ptr, epilogue);
+      default: return gemm_rows<T, rows_for(NV), NV>(rows, K, panel(p), row_ptr, epilogue);
+    }
+  }
 };
 
 // Forward of one layer-direction. The Cell provides:
@@ -271,8 +293,9 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
         auto proj_rows = [&](int64_t b) { return cell.proj_input_row(off + b); };
         for (int64_t p = 0; p < proj.count; ++p) {
           const int64_t c0 = proj.first_col(p);
-          gemm_rows<T, rows_for(kPlainNV), kPlainNV>(bs, H, proj.panel(p), proj_rows, [&](int64_t b, const Vec<T>* acc) {
-            for (int v = 0; v < kPlainNV; ++v) {
+          const int nv = proj.width(p);
+          proj.gemm(p, bs, proj_rows, [&](int64_t b, const Vec<T>* acc) {
+            for (int v = 0; v < nv; ++v) {
               const int64_t c = c0 + v * W;
               if (c >= proj_cols.end) break;
               vstore(y + (off + b) * ys + c, acc[v], static_cast<int>(std::min<int64_t>(W, proj_cols.end - c)));
@@ -303,7 +326,7 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
 // of the next step follows the GEMM on the same thread with no barrier between: one barrier per step.
 template <typename T, typename Cell>
 void run_backward(const RecurrenceArgs& a, Cell& cell) {
-  constexpr int W = Simd<T>::W, G = Cell::G, NV = kPlainNV, MR = rows_for(NV);
+  constexpr int W = Simd<T>::W, G = Cell::G, NV = kPlainNV;
   const Schedule s(a);
   const int64_t H = a.H, P = a.P, Hin = P > 0 ? P : H, GH = G * H;
   const T* w_hh = cptr<T>(a.w_hh);        // [G*H, Hin]
@@ -337,9 +360,10 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
         auto rows = [&](int64_t b) -> const T* { return dh_total + (off + b) * P; };
         for (int64_t p = 0; p < dm_panels.count; ++p) {
           const int64_t j0 = dm_panels.first_col(p);
-          gemm_rows<T, MR, NV>(bs, P, dm_panels.panel(p), rows, [&](int64_t b, const Vec<T>* acc) {
+          const int nv = dm_panels.width(p);
+          dm_panels.gemm(p, bs, rows, [&](int64_t b, const Vec<T>* acc) {
             const int64_t next = s.next_row(t, b), prev = s.prev_row(t, b);
-            for (int v = 0; v < NV; ++v) {
+            for (int v = 0; v < nv; ++v) {
               const int64_t u = j0 + v * W;
               if (u >= units.end) break;
               cell.backward_vec(off + b, b, u, static_cast<int>(std::min<int64_t>(W, units.end - u)), acc[v], next,
@@ -373,11 +397,12 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
       auto rows = [&](int64_t b) { return d_gates_h + (off + b) * GH; };
       for (int64_t p = 0; p < dh_panels.count; ++p) {
         const int64_t c0 = dh_panels.first_col(p);
-        gemm_rows<T, MR, NV>(bs, GH, dh_panels.panel(p), rows, [&](int64_t b, const Vec<T>* acc) {
+        const int nv = dh_panels.width(p);
+        dh_panels.gemm(p, bs, rows, [&](int64_t b, const Vec<T>* acc) {
           const int64_t n = off + b, prev = s.prev_row(t, b);
           T* out = prev >= 0 ? ring_row(it, b) : dh0 + b * Hin;
           const T* carry = Cell::kHasDirectPath ? carry_row(it, b) : nullptr;
-          for (int v = 0; v < NV; ++v) {
+          for (int v = 0; v < nv; ++v) {
             const int64_t c = c0 + v * W;
             if (c >= in_cols.end) break;
             const int cnt = static_cast<int>(std::min<int64_t>(W, in_cols.end - c));
