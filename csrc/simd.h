@@ -68,11 +68,12 @@ inline Vec<T> vbroadcast(T x) {
 }
 
 // exp for float lanes: Cody-Waite range reduction to r in [-ln2/2, ln2/2], degree-7 Taylor (error < 6e-9
-// relative), scaled by 2^n through the exponent bits. Inputs clamp to [-87.3, 88.3]; NaN propagates.
-inline Vec<float> vexp(Vec<float> x) {
+// relative), scaled by 2^n through the exponent bits. Overflow gives inf and underflow 0, as expf does (so
+// saturated gates have exactly zero derivative, and 0 * inf makes NaN where torch's does); NaN propagates.
+inline Vec<float> vexp(Vec<float> x_in) {
   using V = Vec<float>;
   using I = Simd<float>::I;
-  x = x > 88.3f ? vbroadcast(88.3f) : x;
+  V x = x_in > 88.3f ? vbroadcast(88.3f) : x_in;
   x = x < -87.3f ? vbroadcast(-87.3f) : x;
   const V shifter = vbroadcast(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
   const V n = (x * 1.44269504088896341f + shifter) - shifter;
@@ -89,7 +90,9 @@ inline Vec<float> vexp(Vec<float> x) {
   const I bits = (__builtin_convertvector(n, I) + 127) << 23;
   V scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  V out = p * scale;
+  out = x_in > 88.7228f ? vbroadcast(__builtin_inff()) : out;
+  return x_in < -103.98f ? V{} : out;
 }
 
 inline Vec<float> vsigmoid(Vec<float> x) { return 1.0f / (1.0f + vexp(-x)); }
@@ -114,11 +117,11 @@ inline Vec<float> vtanh(Vec<float> x) {
 }
 
 // exp for float64 lanes: the same scheme with a degree-13 Taylor polynomial (error ~1e-18 relative) and a
-// two-part ln2; inputs clamp to [-708, 709]; NaN propagates.
-inline Vec<double> vexp(Vec<double> x) {
+// two-part ln2; overflow gives inf and underflow 0; NaN propagates.
+inline Vec<double> vexp(Vec<double> x_in) {
   using V = Vec<double>;
   using I = Simd<double>::I;
-  x = x > 709.0 ? vbroadcast(709.0) : x;
+  V x = x_in > 709.0 ? vbroadcast(709.0) : x_in;
   x = x < -708.0 ? vbroadcast(-708.0) : x;
   const V shifter = vbroadcast(6755399441055744.0);  // 1.5 * 2^52
   const V n = (x * 1.4426950408889634 + shifter) - shifter;
@@ -133,7 +136,9 @@ inline Vec<double> vexp(Vec<double> x) {
   const I bits = (__builtin_convertvector(n, I) + 1023) << 52;
   V scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  V out = p * scale;
+  out = x_in > 709.782712893384 ? vbroadcast(__builtin_inf()) : out;
+  return x_in < -745.1332191019412 ? V{} : out;
 }
 
 inline Vec<double> vsigmoid(Vec<double> x) { return 1.0 / (1.0 + vexp(-x)); }
