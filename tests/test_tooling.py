@@ -1,0 +1,101 @@
+"""torch tooling around pyrnn modules: torch.compile (inductor), DistributedDataParallel (gloo, 2 processes),
+torch.jit.trace, ONNX export."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+import pyrnn
+
+
+@pytest.mark.parametrize("cls", [pyrnn.LSTM, pyrnn.GRU, pyrnn.RNN])
+def test_torch_compile_inductor_forward_and_backward(cls):
+    torch.manual_seed(0)
+    m = cls(4, 6, num_layers=2, batch_first=True)
+    x = torch.randn(3, 5, 4, requires_grad=True)
+    out, _ = m(x)
+    (expected_grad,) = torch.autograd.grad(out.square().sum(), x)
+    compiled = torch.compile(m)
+    got, _ = compiled(x)
+    (grad,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(got, out)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_jit_trace_runs_pyrnn_ops():
+    torch.manual_seed(0)
+    m = pyrnn.LSTM(3, 5, num_layers=2).eval()
+    x = torch.randn(4, 2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(m, (x,), check_trace=False)
+    assert "pyrnn::lstm_layer" in str(traced.graph)
+    torch.testing.assert_close(traced(x)[0], m(x)[0])
+
+
+def test_onnx_export_fails_clearly():
+    m = pyrnn.GRU(3, 5).eval()
+    with pytest.raises(Exception, match="pyrnn::"):
+        torch.onnx.export(m, (torch.randn(4, 2, 3),), io.BytesIO(), dynamo=False)
+
+
+DDP_SCRIPT = """
+import os, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+import pyrnn
+
+def grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(6, 8, 4, generator=g), torch.randn(6, 8, 5, generator=g)
+
+def worker(rank, world, port, path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(pyrnn.LSTM(4, 5, num_layers=2))
+    x, y = batch()
+    shard = slice(rank * 4, rank * 4 + 4)  # batch dim 1: each rank takes half
+    out, _ = model(x[:, shard])
+    torch.nn.functional.mse_loss(out, y[:, shard]).backward()
+    if rank == 0:
+        torch.save(grads(model.module), path)
+    dist.barrier()
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    port, path = int(sys.argv[1]), sys.argv[2]
+    mp.spawn(worker, args=(2, port, path), nprocs=2, join=True)
+    torch.manual_seed(0)
+    single = pyrnn.LSTM(4, 5, num_layers=2)
+    x, y = batch()
+    out_, _ = single(x)
+    torch.nn.functional.mse_loss(out_, y).backward()
+    for a, b in zip(torch.load(path), grads(single)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    print("ddp ok")
+"""
+
+
+def test_ddp_gloo_two_processes_match_one(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, str(script), str(port), str(tmp_path / "grads.pt")], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ddp ok" in out.stdout
