@@ -9,9 +9,10 @@ The recurrences run in pyrnn's own kernels (C++ on the CPU); torch.nn's recurren
 from __future__ import annotations
 
 from . import ops  # noqa: F401  (registers the torch.library ops)
+from .backend import get_backend, set_backend
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "backends"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "backends", "set_backend", "get_backend"]
 __version__ = "0.1.0"
 
 
@@ -26,4 +27,17 @@ def backends() -> dict:
         cpu["threads"] = _C.thread_backend()
     else:
         cpu["reason"] = f"{BUILD_HINT} ({_IMPORT_ERROR})"
-    return {"cpu": cpu}
+    import torch
+
+    from .backend import cuda_ext_status, interpreting, triton_status
+
+    gpu = torch.cuda.is_available()
+    ok, why = triton_status()
+    triton = {"available": ok and (gpu or interpreting())}
+    if not triton["available"]:
+        triton["reason"] = why if not ok else "no CUDA GPU (the kernels run on CPU only under TRITON_INTERPRET=1)"
+    ok, why = cuda_ext_status()
+    cuda = {"available": ok and gpu}
+    if not cuda["available"]:
+        cuda["reason"] = why if not ok else "the extension is built but no CUDA GPU is visible"
+    return {"cpu": cpu, "triton": triton, "cuda": cuda, "forced": get_backend()}

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import backend as _backend
 from ._ext import cpu_kernels
 
 __all__ = [
@@ -46,14 +47,18 @@ def _ptr(t: Optional[Tensor]) -> int:
     return 0 if t is None or t.numel() == 0 else t.data_ptr()
 
 
-def _check_device_and_dtype(gx: Tensor) -> None:
-    if gx.device.type != "cpu":
-        raise NotImplementedError(
-            f"pyrnn: no kernel for {gx.device.type} tensors in this build. pyrnn.backends() lists what is "
-            "available; the GPU kernels need a CUDA machine with triton installed."
-        )
-    if gx.dtype not in _KERNEL_DTYPES:
+def _check_device_and_dtype(gx: Tensor) -> str:
+    """The backend for this call (pyrnn.backend.select), after checking the CPU kernels can take the dtype."""
+    name = _backend.select(gx)
+    if name == "cpu" and gx.dtype not in _KERNEL_DTYPES:
         raise TypeError(f"pyrnn: CPU kernels support float32 and float64, got {gx.dtype}")
+    return name
+
+
+def _triton():
+    from .kernels import triton_host
+
+    return triton_host
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -138,7 +143,8 @@ def gemm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_scalar_name(a)} and {_scalar_name(b)}")
     _check(bias is None or bias.dtype == a.dtype, "gemm: bias dtype differs")
     M, K, N = a.shape[0], a.shape[1], b.shape[1]
-    if a.device.type != "cpu" or a.dtype not in _KERNEL_DTYPES:
+    if a.device.type != "cpu" or a.dtype not in _KERNEL_DTYPES or _backend.get_backend() not in ("auto", "cpu"):
+        # GPUs (and the Triton tests) use torch's GEMM: cuBLAS runs these shapes near peak
         return torch.addmm(bias, a, b) if bias is not None else a.mm(b)
     _check(bias is None or bias.shape == (N,), f"gemm: bias must be [{N}]")
     if a.stride(0) != 1 and a.stride(1) != 1:
@@ -206,8 +212,11 @@ def lstm_layer(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """LSTM recurrence. Returns y, h_n, c_n and the workspace (cell [N,H], proj_in [N,H] (P>0),
     gates [N,4H], h_prev [N,Hin])."""
-    _check_device_and_dtype(gx)
+    backend = _check_device_and_dtype(gx)
     _validate(gx, 4, w_hh, h0, batch_sizes, c0=c0, w_hr=w_hr)
+    if backend == "triton":
+        y, h_n, c_n, ws = _triton().forward("LSTM", gx, w_hh, h0, batch_sizes, reverse, save_workspace, c0=c0, w_hr=w_hr)
+        return y, h_n, c_n, ws["cell"], ws["proj_in"], ws["gates"], ws["h_prev"]
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
     N, H, B = gx.shape[0], w_hh.shape[0] // 4, h0.shape[0]
@@ -262,10 +271,16 @@ def lstm_layer_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """BPTT of lstm_layer. Returns d_gates [N,4H] (= dL/dgx), dh0, dc0 and dh_total [N,P] (dL/dh per step,
     for dW_hr; empty without projection)."""
-    _check_device_and_dtype(dy)
+    backend = _check_device_and_dtype(dy)
     bs = _batch_sizes(batch_sizes)
     N, H, B = dy.shape[0], w_hh.shape[0] // 4, dh_n.shape[0]
     _require_workspace(gates, N, "lstm_layer")
+    if backend == "triton":
+        e = dy.new_empty(0)
+        ws = dict(y=e, cell=cell, proj_in=proj_in, gates=gates, gh_n=e, h_prev=e)
+        d_gates, _, dh0, dc0, dh_total = _triton().backward("LSTM", dy, dh_n, w_hh, batch_sizes, reverse, ws,
+                                                            dc_n=dc_n, c0=c0, w_hr=w_hr)
+        return d_gates, dh0, dc0, dh_total
     P = 0 if w_hr is None else w_hr.shape[0]
     Hin = P if P > 0 else H
     ws = {"cell": (cell, (N, H)), "gates": (gates, (N, 4 * H)), "dc_n": (dc_n, (B, H)), "c0": (c0, (B, H))}
@@ -340,8 +355,11 @@ def gru_layer(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """GRU recurrence; gx holds W_ih x + b_ih + [b_hr, b_hz, 0]. Returns y, h_n and the workspace
     (gates r,z,n [N,3H], gh_n = W_hn h + b_hn [N,H], h_prev [N,H])."""
-    _check_device_and_dtype(gx)
+    backend = _check_device_and_dtype(gx)
     _validate(gx, 3, w_hh, h0, batch_sizes, b_hn=b_hn)
+    if backend == "triton":
+        y, h_n, _, ws = _triton().forward("GRU", gx, w_hh, h0, batch_sizes, reverse, save_workspace, b_hn=b_hn)
+        return y, h_n, ws["gates"], ws["gh_n"], ws["h_prev"]
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
     N, H, B = gx.shape[0], w_hh.shape[0] // 3, h0.shape[0]
@@ -380,10 +398,15 @@ def gru_layer_backward(
     h_prev: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """BPTT of gru_layer. Returns d_gates [N,3H] (= dL/dgx), d_gates_h [N,3H] (= dL/d(W_hh h + b_hh)), dh0."""
-    _check_device_and_dtype(dy)
+    backend = _check_device_and_dtype(dy)
     bs = _batch_sizes(batch_sizes)
     N, H, B = dy.shape[0], w_hh.shape[0] // 3, dh_n.shape[0]
     _require_workspace(gates, N, "gru_layer")
+    if backend == "triton":
+        e = dy.new_empty(0)
+        ws = dict(y=e, cell=e, proj_in=e, gates=gates, gh_n=gh_n, h_prev=h_prev)
+        d_gates, d_gates_h, dh0, _, _ = _triton().backward("GRU", dy, dh_n, w_hh, batch_sizes, reverse, ws)
+        return d_gates, d_gates_h, dh0
     ws = {"gates": (gates, (N, 3 * H)), "gh_n": (gh_n, (N, H)), "h_prev": (h_prev, (N, H))}
     _validate_backward(dy, dh_n, bs, N, H, ws)
     dy, dh_n, w_hh = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous()
@@ -440,8 +463,12 @@ def rnn_layer(
     save_workspace: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Elman RNN recurrence (tanh, or relu); gx holds W_ih x + b_ih + b_hh. Returns y, h_n, h_prev [N,H]."""
-    _check_device_and_dtype(gx)
+    backend = _check_device_and_dtype(gx)
     _validate(gx, 1, w_hh, h0, batch_sizes)
+    if backend == "triton":
+        mode = "RNN_RELU" if relu else "RNN_TANH"
+        y, h_n, _, ws = _triton().forward(mode, gx, w_hh, h0, batch_sizes, reverse, save_workspace)
+        return y, h_n, ws["h_prev"]
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
     N, H, B = gx.shape[0], w_hh.shape[0], h0.shape[0]
@@ -474,10 +501,16 @@ def rnn_layer_backward(
     relu: bool,
 ) -> tuple[Tensor, Tensor]:
     """BPTT of rnn_layer from its output y. Returns d_gates [N,H] (= dL/dgx) and dh0."""
-    _check_device_and_dtype(dy)
+    backend = _check_device_and_dtype(dy)
     bs = _batch_sizes(batch_sizes)
     N, H, B = dy.shape[0], w_hh.shape[0], dh_n.shape[0]
     _validate_backward(dy, dh_n, bs, N, H, {"y": (y, (N, H)), "w_hh": (w_hh, (H, H))})
+    if backend == "triton":
+        e = dy.new_empty(0)
+        ws = dict(y=y, cell=e, proj_in=e, gates=e, gh_n=e, h_prev=e)
+        d_gates, _, dh0, _, _ = _triton().backward("RNN_RELU" if relu else "RNN_TANH", dy, dh_n, w_hh, batch_sizes,
+                                                   reverse, ws)
+        return d_gates, dh0
     dy, dh_n, w_hh, y = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), y.contiguous()
     d_gates, dh0, dh_prev_ws = dy.new_empty(N, H), dy.new_empty(B, H), dy.new_empty(2, B, H)
 

@@ -1,0 +1,69 @@
+"""Which kernels run an op: pyrnn's C++ CPU kernels, its Triton kernels, or its CUDA C++ kernels.
+
+Default ("auto"): CPU tensors run the C++ kernels, CUDA tensors the Triton kernels. Force one for testing
+with pyrnn.set_backend(name) (or the PYRNN_BACKEND environment variable): "cpu", "triton", "cuda", "auto".
+The Triton kernels also run on CPU tensors under TRITON_INTERPRET=1 (how CI tests them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from torch import Tensor
+
+BACKENDS = ("auto", "cpu", "triton", "cuda")
+_forced = os.environ.get("PYRNN_BACKEND", "auto")
+
+
+def set_backend(name: str) -> None:
+    """Force the kernels pyrnn's ops run with ("auto" restores the default choice by device)."""
+    global _forced
+    if name not in BACKENDS:
+        raise ValueError(f"pyrnn: unknown backend '{name}', expected one of {BACKENDS}")
+    _forced = name
+
+
+def get_backend() -> str:
+    return _forced
+
+
+def triton_status() -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (pip install triton; GPU kernels need a CUDA GPU)"
+    return True, "ok"
+
+
+def cuda_ext_status() -> tuple[bool, str]:
+    try:
+        from . import _cuda  # noqa: F401
+    except ImportError as exc:
+        return False, (f"pyrnn._cuda was not built ({exc}); it is compiled by `pip install -e .` when a CUDA "
+                       "toolkit (nvcc) is found")
+    return True, "ok"
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def select(t: Tensor) -> str:
+    """The backend that runs an op whose main input is t."""
+    name = _forced
+    if name == "auto":
+        name = "cpu" if t.device.type == "cpu" else "triton"
+    if name == "cpu" and t.device.type != "cpu":
+        raise NotImplementedError(f"pyrnn: the 'cpu' backend cannot run {t.device.type} tensors")
+    if name == "triton":
+        ok, why = triton_status()
+        if not ok:
+            raise NotImplementedError(f"pyrnn: the Triton backend is unavailable: {why}")
+        if t.device.type == "cpu" and not interpreting():
+            raise NotImplementedError("pyrnn: Triton kernels run on CPU tensors only under TRITON_INTERPRET=1")
+        if t.device.type not in ("cpu", "cuda"):
+            raise NotImplementedError(f"pyrnn: no kernels for {t.device.type} tensors")
+    if name == "cuda":
+        ok, why = cuda_ext_status()
+        if not ok or t.device.type != "cuda":
+            raise NotImplementedError(f"pyrnn: the CUDA backend is unavailable: {why if not ok else 'not a CUDA tensor'}")
+    return name

@@ -1,0 +1,71 @@
+"""The Triton kernels (pyrnn/kernels) against torch.nn and the CPU kernels, run on the CPU through
+TRITON_INTERPRET=1 (set in conftest.py); on a CUDA machine the same tests also run on the GPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the Triton backend needs `pip install triton` (Linux x86_64)")
+
+import pyrnn  # noqa: E402
+from conftest import assert_close  # noqa: E402
+from test_modules import Config, make_inputs, make_pair, random_configs, run  # noqa: E402
+
+if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+    pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+
+@pytest.fixture
+def triton_backend():
+    pyrnn.set_backend("triton")
+    try:
+        yield
+    finally:
+        pyrnn.set_backend("auto")
+
+
+CONFIGS = [c for c in random_configs(320, seed=2026) if c.hidden_size <= 33][:48]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+def test_triton_matches_torch_nn(cfg: Config, triton_backend):
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    ref, ours = make_pair(cfg)
+    x, lengths, hx = make_inputs(cfg, gen)
+    pyrnn.set_backend("auto")
+    exp_out, exp_grads = run(ref, cfg, x, lengths, hx, cfg.seed, cfg.seed + 1)
+    pyrnn.set_backend("triton")
+    got_out, got_grads = run(ours, cfg, x, lengths, hx, cfg.seed, cfg.seed + 1, forbid=True)
+    for i, (g, e) in enumerate(zip(got_out, exp_out)):
+        assert_close(g, e, cfg.dtype, f"output {i}")
+    for name in exp_grads:
+        assert_close(got_grads[name], exp_grads[name], cfg.dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_triton_bfloat16_accumulates_in_float32(cell, triton_backend):
+    torch.manual_seed(0)
+    kw = dict(num_layers=2, bidirectional=True)
+    ours = getattr(pyrnn, cell)(8, 24, **kw)
+    x = torch.randn(6, 3, 8)
+    pyrnn.set_backend("auto")
+    expected, _ = ours(x)
+    pyrnn.set_backend("triton")
+    got, _ = ours.bfloat16()(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)
+
+
+def test_backend_selection_errors():
+    pyrnn.set_backend("cuda")
+    try:
+        with pytest.raises(NotImplementedError, match="CUDA backend is unavailable"):
+            pyrnn.LSTM(2, 3)(torch.randn(2, 1, 2))
+    finally:
+        pyrnn.set_backend("auto")
+    with pytest.raises(ValueError, match="unknown backend"):
+        pyrnn.set_backend("tpu")
