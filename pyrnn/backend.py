@@ -1,6 +1,7 @@
 """Which kernels run an op: pyrnn's C++ CPU kernels, its Triton kernels, or its CUDA C++ kernels.
 
-Default ("auto"): CPU tensors run the C++ kernels, CUDA tensors the Triton kernels. Force one for testing
+Default ("auto"): CPU tensors run the C++ kernels, CUDA tensors the Triton kernels (the CUDA C++ kernels
+where triton is not installed). Force one for testing
 with pyrnn.set_backend(name) (or the PYRNN_BACKEND environment variable): "cpu", "triton", "cuda", "auto".
 The Triton kernels also run on CPU tensors under TRITON_INTERPRET=1 (how CI tests them).
 """
@@ -51,7 +52,10 @@ def select(t: Tensor) -> str:
     """The backend that runs an op whose main input is t."""
     name = _forced
     if name == "auto":
-        name = "cpu" if t.device.type == "cpu" else "triton"
+        if t.device.type == "cpu":
+            name = "cpu"
+        else:  # Triton first; the CUDA C++ kernels where triton is missing
+            name = "triton" if triton_status()[0] or not cuda_ext_status()[0] else "cuda"
     if name == "cpu" and t.device.type != "cpu":
         raise NotImplementedError(f"pyrnn: the 'cpu' backend cannot run {t.device.type} tensors")
     if name == "triton":

@@ -55,7 +55,12 @@ def _check_device_and_dtype(gx: Tensor) -> str:
     return name
 
 
-def _triton():
+def _gpu(backend: str):
+    """The launcher module of a GPU backend; both have forward(mode, ...) and backward(mode, ...)."""
+    if backend == "cuda":
+        from . import cuda_launch
+
+        return cuda_launch
     from .kernels import triton_host
 
     return triton_host
@@ -214,8 +219,8 @@ def lstm_layer(
     gates [N,4H], h_prev [N,Hin])."""
     backend = _check_device_and_dtype(gx)
     _validate(gx, 4, w_hh, h0, batch_sizes, c0=c0, w_hr=w_hr)
-    if backend == "triton":
-        y, h_n, c_n, ws = _triton().forward("LSTM", gx, w_hh, h0, batch_sizes, reverse, save_workspace, c0=c0, w_hr=w_hr)
+    if backend in ("triton", "cuda"):
+        y, h_n, c_n, ws = _gpu(backend).forward("LSTM", gx, w_hh, h0, batch_sizes, reverse, save_workspace, c0=c0, w_hr=w_hr)
         return y, h_n, c_n, ws["cell"], ws["proj_in"], ws["gates"], ws["h_prev"]
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
@@ -275,10 +280,10 @@ def lstm_layer_backward(
     bs = _batch_sizes(batch_sizes)
     N, H, B = dy.shape[0], w_hh.shape[0] // 4, dh_n.shape[0]
     _require_workspace(gates, N, "lstm_layer")
-    if backend == "triton":
+    if backend in ("triton", "cuda"):
         e = dy.new_empty(0)
         ws = dict(y=e, cell=cell, proj_in=proj_in, gates=gates, gh_n=e, h_prev=e)
-        d_gates, _, dh0, dc0, dh_total = _triton().backward("LSTM", dy, dh_n, w_hh, batch_sizes, reverse, ws,
+        d_gates, _, dh0, dc0, dh_total = _gpu(backend).backward("LSTM", dy, dh_n, w_hh, batch_sizes, reverse, ws,
                                                             dc_n=dc_n, c0=c0, w_hr=w_hr)
         return d_gates, dh0, dc0, dh_total
     P = 0 if w_hr is None else w_hr.shape[0]
@@ -357,8 +362,8 @@ def gru_layer(
     (gates r,z,n [N,3H], gh_n = W_hn h + b_hn [N,H], h_prev [N,H])."""
     backend = _check_device_and_dtype(gx)
     _validate(gx, 3, w_hh, h0, batch_sizes, b_hn=b_hn)
-    if backend == "triton":
-        y, h_n, _, ws = _triton().forward("GRU", gx, w_hh, h0, batch_sizes, reverse, save_workspace, b_hn=b_hn)
+    if backend in ("triton", "cuda"):
+        y, h_n, _, ws = _gpu(backend).forward("GRU", gx, w_hh, h0, batch_sizes, reverse, save_workspace, b_hn=b_hn)
         return y, h_n, ws["gates"], ws["gh_n"], ws["h_prev"]
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
@@ -402,10 +407,10 @@ def gru_layer_backward(
     bs = _batch_sizes(batch_sizes)
     N, H, B = dy.shape[0], w_hh.shape[0] // 3, dh_n.shape[0]
     _require_workspace(gates, N, "gru_layer")
-    if backend == "triton":
+    if backend in ("triton", "cuda"):
         e = dy.new_empty(0)
         ws = dict(y=e, cell=e, proj_in=e, gates=gates, gh_n=gh_n, h_prev=h_prev)
-        d_gates, d_gates_h, dh0, _, _ = _triton().backward("GRU", dy, dh_n, w_hh, batch_sizes, reverse, ws)
+        d_gates, d_gates_h, dh0, _, _ = _gpu(backend).backward("GRU", dy, dh_n, w_hh, batch_sizes, reverse, ws)
         return d_gates, d_gates_h, dh0
     ws = {"gates": (gates, (N, 3 * H)), "gh_n": (gh_n, (N, H)), "h_prev": (h_prev, (N, H))}
     _validate_backward(dy, dh_n, bs, N, H, ws)
@@ -465,9 +470,9 @@ def rnn_layer(
     """Elman RNN recurrence (tanh, or relu); gx holds W_ih x + b_ih + b_hh. Returns y, h_n, h_prev [N,H]."""
     backend = _check_device_and_dtype(gx)
     _validate(gx, 1, w_hh, h0, batch_sizes)
-    if backend == "triton":
+    if backend in ("triton", "cuda"):
         mode = "RNN_RELU" if relu else "RNN_TANH"
-        y, h_n, _, ws = _triton().forward(mode, gx, w_hh, h0, batch_sizes, reverse, save_workspace)
+        y, h_n, _, ws = _gpu(backend).forward(mode, gx, w_hh, h0, batch_sizes, reverse, save_workspace)
         return y, h_n, ws["h_prev"]
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
@@ -505,10 +510,10 @@ def rnn_layer_backward(
     bs = _batch_sizes(batch_sizes)
     N, H, B = dy.shape[0], w_hh.shape[0], dh_n.shape[0]
     _validate_backward(dy, dh_n, bs, N, H, {"y": (y, (N, H)), "w_hh": (w_hh, (H, H))})
-    if backend == "triton":
+    if backend in ("triton", "cuda"):
         e = dy.new_empty(0)
         ws = dict(y=y, cell=e, proj_in=e, gates=e, gh_n=e, h_prev=e)
-        d_gates, _, dh0, _, _ = _triton().backward("RNN_RELU" if relu else "RNN_TANH", dy, dh_n, w_hh, batch_sizes,
+        d_gates, _, dh0, _, _ = _gpu(backend).backward("RNN_RELU" if relu else "RNN_TANH", dy, dh_n, w_hh, batch_sizes,
                                                    reverse, ws)
         return d_gates, dh0
     dy, dh_n, w_hh, y = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), y.contiguous()

@@ -166,7 +166,7 @@ def run(module, cfg, x, lengths, hx, upstream_seed, dropout_seed, forbid=False):
     out_t = out.data if isinstance(out, PackedSequence) else out
     results = [out_t, *(hidden if isinstance(hidden, tuple) else (hidden,))]
     gen = torch.Generator().manual_seed(upstream_seed)
-    loss = sum((r * torch.randn(r.shape, dtype=r.dtype, generator=gen)).sum() for r in results)
+    loss = sum((r * torch.randn(r.shape, dtype=r.dtype, generator=gen).to(r.device)).sum() for r in results)
     leaves = [x, *(() if hx is None else (hx if isinstance(hx, tuple) else (hx,))), *module.parameters()]
     if forbid:
         with forbid_torch_rnn():

@@ -1,0 +1,35 @@
+// pybind11 module pyrnn._cuda: the CUDA kernels behind raw device pointers, sizes and a stream handle (no
+// torch headers). Takes the RecurrenceArgs type registered by pyrnn._C (import pyrnn._C first).
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cells.h"
+
+namespace py = pybind11;
+using pyrnn::RecurrenceArgs;
+
+namespace {
+
+void check(int err, const char* what) {
+  if (err != 0) throw std::runtime_error(std::string("pyrnn CUDA kernel ") + what + " failed: CUDA error " + std::to_string(err));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "pyrnn CUDA kernels: persistent per-layer recurrences (forward and BPTT) on raw device pointers";
+  py::module_::import("pyrnn._C");  // registers RecurrenceArgs
+#define PYRNN_BIND(cell)                                                                                       \
+  m.def(#cell "_forward", [](const RecurrenceArgs& a, uintptr_t w, uintptr_t bs, uintptr_t off, uintptr_t s) {  \
+    check(pyrnn::cuda::cell##_forward(a, w, bs, off, s), #cell "_forward");                                    \
+  });                                                                                                          \
+  m.def(#cell "_backward", [](const RecurrenceArgs& a, uintptr_t bs, uintptr_t off, uintptr_t s) {              \
+    check(pyrnn::cuda::cell##_backward(a, bs, off, s), #cell "_backward");                                     \
+  });
+  PYRNN_BIND(lstm)
+  PYRNN_BIND(gru)
+  PYRNN_BIND(rnn)
+#undef PYRNN_BIND
+}

@@ -1,0 +1,44 @@
+// Entry points of the CUDA kernels, one pair per cell, float32 and float64. Host code only: compiled by the
+// C++ compiler in bindings.cpp and by nvcc in the .cu files.
+#pragma once
+
+#include <cstdint>
+
+#include "../recurrence_args.h"
+
+namespace pyrnn {
+namespace cuda {
+
+// Device pointers: w_hh_t [Hin, G*H] (forward only), batch_sizes and offsets [T] int64. Returns a CUDA error
+// code (0 = success). stream: a cudaStream_t passed as an integer.
+#define PYRNN_CUDA_DECLARE(cell)                                                                              \
+  int cell##_forward(const RecurrenceArgs& a, uintptr_t w_hh_t, uintptr_t batch_sizes, uintptr_t offsets,     \
+                     uintptr_t stream);                                                                       \
+  int cell##_backward(const RecurrenceArgs& a, uintptr_t batch_sizes, uintptr_t offsets, uintptr_t stream);
+
+PYRNN_CUDA_DECLARE(lstm)
+PYRNN_CUDA_DECLARE(gru)
+PYRNN_CUDA_DECLARE(rnn)
+
+// Defines cell##_forward / cell##_backward for a cell template (in a .cu file, after recurrence.cuh).
+#define PYRNN_CUDA_ENTRY_POINTS(cell, Cell)                                                                   \
+  int cell##_forward(const RecurrenceArgs& a, uintptr_t w_hh_t, uintptr_t batch_sizes, uintptr_t offsets,     \
+                     uintptr_t stream) {                                                                      \
+    auto s = reinterpret_cast<cudaStream_t>(stream);                                                          \
+    auto bs = reinterpret_cast<const int64_t*>(batch_sizes);                                                  \
+    auto off = reinterpret_cast<const int64_t*>(offsets);                                                     \
+    if (a.dtype == static_cast<int>(DType::kFloat64))                                                         \
+      return launch_forward<double, Cell<double>>(a, reinterpret_cast<const double*>(w_hh_t), bs, off, s);    \
+    return launch_forward<float, Cell<float>>(a, reinterpret_cast<const float*>(w_hh_t), bs, off, s);         \
+  }                                                                                                           \
+  int cell##_backward(const RecurrenceArgs& a, uintptr_t batch_sizes, uintptr_t offsets, uintptr_t stream) {  \
+    auto s = reinterpret_cast<cudaStream_t>(stream);                                                          \
+    auto bs = reinterpret_cast<const int64_t*>(batch_sizes);                                                  \
+    auto off = reinterpret_cast<const int64_t*>(offsets);                                                     \
+    if (a.dtype == static_cast<int>(DType::kFloat64))                                                         \
+      return launch_backward<double, Cell<double>>(a, bs, off, s);                                            \
+    return launch_backward<float, Cell<float>>(a, bs, off, s);                                                \
+  }
+
+}  // namespace cuda
+}  // namespace pyrnn
