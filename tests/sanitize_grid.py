@@ -1,0 +1,39 @@
+"""A small grid of every cell and option through the C++ kernels, forward and backward, for .ci/sanitize
+(AddressSanitizer + UBSan). Not a pytest module: it only has to run cleanly under the sanitizers."""
+
+import itertools
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import pyrnn
+from pyrnn import _C
+
+assert "pyrnn" in pyrnn.__file__
+_C.set_parallel_threshold(1)  # also exercise the threaded paths on these tiny sizes
+count = 0
+for cls, H, bi, packed, B, T, dtype in itertools.product(
+    (pyrnn.LSTM, pyrnn.GRU, pyrnn.RNN), (1, 5, 33), (False, True), (False, True), (0, 1, 3), (1, 4),
+    (torch.float32, torch.float64),
+):
+    if packed and B == 0:
+        continue
+    for isa in _C.available_isas():
+        _C.set_isa(isa)
+        kw = dict(num_layers=2, bidirectional=bi, dtype=dtype)
+        if cls is pyrnn.LSTM and H > 1:
+            kw["proj_size"] = H - 1
+        m = cls(3, H, **kw)
+        x = torch.randn(T, B, 3, dtype=dtype, requires_grad=True)
+        inp = pack_padded_sequence(x, torch.linspace(T, 1, B).long()) if packed else x
+        out, hidden = m(inp)
+        data = out.data if packed else out
+        loss = data.sum() + sum(h.sum() for h in (hidden if isinstance(hidden, tuple) else (hidden,)))
+        loss.backward()
+        count += 1
+_C.set_isa("auto")
+for cell in (pyrnn.LSTMCell, pyrnn.GRUCell, pyrnn.RNNCell):
+    c = cell(4, 7)
+    out = c(torch.randn(2, 4, requires_grad=True))
+    (out[0] if isinstance(out, tuple) else out).sum().backward()
+print(f"sanitize grid: {count} layer runs clean under ASan/UBSan")
