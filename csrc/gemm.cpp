@@ -18,28 +18,6 @@ namespace {
 constexpr int64_t kBlockK = 256;  // depth of a packed panel block
 constexpr int64_t kBlockM = 192;  // rows of A reused across all of a thread's panels
 
-// Transposed-A microkernel: A's MR rows at a given k are contiguous (a[k * stride_k + r]).
-template <typename T, int MR, int NV>
-inline void microkernel_cols(const T* a, int64_t stride_k, int64_t K, const T* panel, Vec<T> (&acc)[MR][NV]) {
-  constexpr int W = Simd<T>::W;
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>{};
-  for (int64_t k = 0; k < K; ++k) {
-    Vec<T> w[NV];
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) w[v] = vload(panel + (k * NV + v) * W);
-    const T* ak = a + k * stride_k;
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const Vec<T> ar = vbroadcast(ak[r]);
-#pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) acc[r][v] += ar * w[v];
-    }
-  }
-}
-
 template <typename T>
 struct GemmArgs {
   int64_t M, N, K;
@@ -60,12 +38,12 @@ inline void gemm_tile(const GemmArgs<T>& g, int64_t m0, int64_t k0, int64_t kn, 
   constexpr int W = Simd<T>::W;
   Vec<T> acc[MR][NV];
   if (g.sa_m == 1) {
-    microkernel_cols<T, MR, NV>(g.a + m0 + k0 * g.sa_k, g.sa_k, kn, panel, acc);
+    microkernel<T, MR, NV>(ColumnBlock<T>{g.a + m0 + k0 * g.sa_k, g.sa_k}, kn, panel, acc);
   } else {
     const T* rows[MR];
     for (int r = 0; r < MR; ++r) rows[r] = g.a + (m0 + r) * g.sa_m + k0 * g.sa_k;
     if (g.sa_k == 1) {
-      microkernel<T, MR, NV>(rows, kn, panel, acc);
+      microkernel<T, MR, NV>(RowPointers<T, MR>{rows}, kn, panel, acc);
     } else {  // general strides: gather the tile's A block first
       Scratch<T> tmp(MR * kn);
       const T* trows[MR];
@@ -73,7 +51,7 @@ inline void gemm_tile(const GemmArgs<T>& g, int64_t m0, int64_t k0, int64_t kn, 
         for (int64_t k = 0; k < kn; ++k) tmp[r * kn + k] = rows[r][k * g.sa_k];
         trows[r] = tmp.data + r * kn;
       }
-      microkernel<T, MR, NV>(trows, kn, panel, acc);
+      microkernel<T, MR, NV>(RowPointers<T, MR>{trows}, kn, panel, acc);
     }
   }
   for (int r = 0; r < MR; ++r) {

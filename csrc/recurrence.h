@@ -99,11 +99,25 @@ inline Range split(int64_t n, int tid, int nt, int64_t align) {
 
 // ------------------------------------------------------------------------------------------ microkernel
 //
-// acc[r][v] = sum_k a[r][k] * panel[k][v]  for MR rows and NV vectors of W lanes. The packed panel holds the
+// The A operand of a microkernel: MR rows given by pointers (a(r, k) = rows[r][k]), or an A^T block whose
+// MR rows are contiguous at every k (a(r, k) = base[k * stride_k + r], as in the weight gradients dG^T h).
+template <typename T, int MR>
+struct RowPointers {
+  const T* const* rows;
+  T operator()(int r, int64_t k) const { return rows[r][k]; }
+};
+template <typename T>
+struct ColumnBlock {
+  const T* base;
+  int64_t stride_k;
+  T operator()(int r, int64_t k) const { return base[k * stride_k + r]; }
+};
+
+// acc[r][v] = sum_k a(r, k) * panel[k][v]  for MR rows and NV vectors of W lanes. The packed panel holds the
 // NV*W weight columns of one k contiguously, so a step of k is NV vector loads, MR broadcasts and MR*NV FMAs,
 // all accumulators in registers (MR and NV are chosen per ISA so they fit).
-template <typename T, int MR, int NV>
-inline void microkernel(const T* const* a, int64_t K, const T* panel, Vec<T> (&acc)[MR][NV]) {
+template <typename T, int MR, int NV, typename A>
+inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR][NV]) {
   constexpr int W = Simd<T>::W;
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
@@ -115,7 +129,7 @@ inline void microkernel(const T* const* a, int64_t K, const T* panel, Vec<T> (&a
     for (int v = 0; v < NV; ++v) w[v] = vload(panel + (k * NV + v) * W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const Vec<T> ar = vbroadcast(a[r][k]);
+      const Vec<T> ar = vbroadcast(a(r, k));
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) acc[r][v] += ar * w[v];
     }
@@ -129,7 +143,7 @@ inline void tile_rows(int64_t b0, int64_t K, const T* panel, RowPtr& row_ptr, Ep
   const T* a[MR];
   for (int r = 0; r < MR; ++r) a[r] = row_ptr(b0 + r);
   Vec<T> acc[MR][NV];
-  microkernel<T, MR, NV>(a, K, panel, acc);
+  microkernel<T, MR, NV>(RowPointers<T, MR>{a}, K, panel, acc);
   for (int r = 0; r < MR; ++r) epilogue(b0 + r, acc[r]);
 }
 

@@ -1,7 +1,7 @@
 """pyrnn: fused recurrent-network kernels for PyTorch, as drop-in replacements for torch.nn's layers.
 
-    import pyrnn
-    lstm = pyrnn.LSTM(input_size=32, hidden_size=64, num_layers=2, batch_first=True)
+    from pyrnn import LSTM                 # instead of torch.nn's
+    lstm = LSTM(input_size=32, hidden_size=64, num_layers=2, batch_first=True)
 
 The recurrences run in pyrnn's own kernels (C++ on the CPU); torch.nn's recurrent kernels are never called.
 """
