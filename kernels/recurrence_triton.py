@@ -2,13 +2,15 @@
 
 Layout as the CPU kernels: packed time-major rows, step t owning rows [offsets[t], offsets[t] + batch_sizes[t]).
 
-Each program owns a block of BM batch rows and *all* hidden units of them, so the recurrence of its rows
-depends on no other program: the kernel can run any number of steps in one launch (persistent mode: the
-whole sequence, W_hh streamed from L2 every step) with only a block-level barrier between phases, and it
-cannot deadlock under TRITON_INTERPRET=1, which runs programs one after another. Launched with a one-step
-range it is the fused step kernel (recurrent GEMM + gates in one kernel). Per step and unit block of BU units,
-the G gate pre-activations are tl.dot products of the [BM, BK] state block with [BK, BU] weight blocks; the
-pointwise cell math follows on the accumulators.
+Two modes, one kernel per direction of differentiation (SPLIT selects the mode and phase):
+- persistent (SPLIT=0): each program owns a block of BM batch rows and *all* hidden units of them, so the
+  recurrence of its rows depends on no other program: one launch runs the whole sequence (W_hh streamed from
+  L2 every step) with only a block-level barrier between phases, and it cannot deadlock under
+  TRITON_INTERPRET=1, which runs programs one after another. Best where launches dominate (small H).
+- step (SPLIT>0): one launch per step and phase, programs over (row block, unit or column block), so a
+  large layer fills the GPU: the fused step kernel (recurrent GEMM + gates in one kernel).
+Per step and unit block of BU units, the G gate pre-activations are tl.dot products of the [BM, BK] state
+block with [BK, BU] weight blocks; the pointwise cell math follows on the accumulators.
 
 CELL: 0 LSTM, 1 GRU, 2 RNN. Accumulation in float32 (float64 for float64 inputs).
 """
@@ -69,8 +71,10 @@ def recurrence_forward_kernel(
     T, B, H, P, Hin, it_begin, it_end,
     CELL: tl.constexpr, G: tl.constexpr, REVERSE: tl.constexpr, RELU: tl.constexpr, HAS_BHN: tl.constexpr,
     SAVE: tl.constexpr, HAS_PROJ: tl.constexpr, ACC: tl.constexpr,
-    BM: tl.constexpr, BU: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BU: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
 ):
+    # SPLIT: 0 persistent (all units, all phases); 1 gates of unit block program_id(1); 2 projection columns
+    # of block program_id(1).
     # gx: [N, G*H]  w_hh: [G*H, Hin]  w_hr: [P, H]  h0: [B, Hin]  c0: [B, H]  y: [N, Hin]  cell, proj_in: [N, H]
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     GH = G * H
@@ -79,7 +83,13 @@ def recurrence_forward_kernel(
         active = rows < bs
         from_prev = rows < n_prev
         n_rows = off + rows
-        for u0 in range(0, H, BU):
+        u_begin, u_end = 0, H
+        if SPLIT == 1:
+            u_begin = tl.program_id(1) * BU
+            u_end = tl.minimum(u_begin + BU, H)
+        if SPLIT == 2:
+            u_end = 0
+        for u0 in range(u_begin, u_end, BU):
             units = u0 + tl.arange(0, BU)
             umask = units < H
             acc0 = tl.zeros([BM, BU], dtype=ACC)
@@ -140,9 +150,13 @@ def recurrence_forward_kernel(
             else:
                 h = rnn_forward_point(acc0 + tl.load(gx_at, mask=m2, other=0.0), RELU)
                 tl.store(y + n_rows[:, None] * Hin + units[None, :], h, mask=m2)
-        if HAS_PROJ:
+        if HAS_PROJ and SPLIT != 1:
             tl.debug_barrier()  # proj_in of all units of these rows is written
-            for p0 in range(0, P, BU):
+            p_begin, p_end = 0, P
+            if SPLIT == 2:
+                p_begin = tl.program_id(1) * BU
+                p_end = tl.minimum(p_begin + BU, P)
+            for p0 in range(p_begin, p_end, BU):
                 ps = p0 + tl.arange(0, BU)
                 pmask = ps < P
                 acc = tl.zeros([BM, BU], dtype=ACC)
@@ -163,13 +177,16 @@ def recurrence_backward_kernel(
     d_gates, d_gates_h, dh0, dc0, dh_total,  # outputs
     dh_ring, dc_ring,  # [2, B, Hin] / [2, B, H] carries between consecutive backward steps
     batch_sizes, offsets,
-    T, B, H, P, Hin,
+    T, B, H, P, Hin, j_begin, j_end,
     CELL: tl.constexpr, G: tl.constexpr, REVERSE: tl.constexpr, RELU: tl.constexpr, HAS_PROJ: tl.constexpr,
-    ACC: tl.constexpr, BM: tl.constexpr, BU: tl.constexpr, BK: tl.constexpr,
+    ACC: tl.constexpr, BM: tl.constexpr, BU: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
 ):
+    # SPLIT: 0 persistent (all phases); 1 dh_total of projection columns, 2 gate gradients of a unit block,
+    # 3 dh_prev of a column block: block program_id(1), one launch per backward step and phase.
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     GH = G * H
-    for j in range(0, T):
+    blk = tl.program_id(1) * BU
+    for j in range(j_begin, j_end):
         it = T - 1 - j
         t, bs, off, n_prev, off_prev, n_next, off_next = _step_info(batch_sizes, offsets, it, T, REVERSE)
         active = rows < bs
@@ -178,15 +195,23 @@ def recurrence_backward_kernel(
         n_rows = off + rows
         slot_in = (it + 1) % 2   # written by the step processed just before (the consumer of this one)
         slot_out = it % 2
-        if HAS_PROJ:
-            for p0 in range(0, P, BU):
+        if HAS_PROJ and (SPLIT == 0 or SPLIT == 1):
+            p_begin, p_end = 0, P
+            if SPLIT == 1:
+                p_begin, p_end = blk, tl.minimum(blk + BU, P)
+            for p0 in range(p_begin, p_end, BU):
                 ps = p0 + tl.arange(0, BU)
                 m2 = active[:, None] & (ps < P)[None, :]
                 carry = _load_rows(dh_ring + slot_in * B * Hin, dh_n, rows, ps, has_next, m2, Hin)
                 tot = tl.load(dy + n_rows[:, None] * Hin + ps[None, :], mask=m2, other=0.0) + carry
                 tl.store(dh_total + n_rows[:, None] * P + ps[None, :], tot, mask=m2)
             tl.debug_barrier()
-        for u0 in range(0, H, BU):
+        u_begin, u_end = 0, H
+        if SPLIT == 2:
+            u_begin, u_end = blk, tl.minimum(blk + BU, H)
+        if SPLIT == 1 or SPLIT == 3:
+            u_end = 0
+        for u0 in range(u_begin, u_end, BU):
             units = u0 + tl.arange(0, BU)
             umask = units < H
             m2 = active[:, None] & umask[None, :]
@@ -234,7 +259,12 @@ def recurrence_backward_kernel(
                 h = tl.load(y + n_rows[:, None] * Hin + units[None, :], mask=m2, other=0.0)
                 tl.store(dg_at, rnn_backward_point(dh, h, RELU), mask=m2)
         tl.debug_barrier()  # all gate gradients of these rows are written
-        for c_0 in range(0, Hin, BU):
+        c_begin, c_end = 0, Hin
+        if SPLIT == 3:
+            c_begin, c_end = blk, tl.minimum(blk + BU, Hin)
+        if SPLIT == 1 or SPLIT == 2:
+            c_end = 0
+        for c_0 in range(c_begin, c_end, BU):
             cols = c_0 + tl.arange(0, BU)
             cmask = cols < Hin
             m2 = active[:, None] & cmask[None, :]

@@ -17,6 +17,27 @@ from .recurrence_triton import recurrence_backward_kernel, recurrence_forward_ke
 
 CELL_IDS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 2}
 BM, BU, BK = 16, 32, 32  # rows per program, units per block, reduction block
+MODES = ("auto", "persistent", "step")
+_mode = "auto"
+
+
+def set_mode(mode: str) -> None:
+    """Force the persistent kernel (one launch per sequence) or the step kernels (launches per step)."""
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"pyrnn: unknown Triton mode '{mode}', expected one of {MODES}")
+    _mode = mode
+
+
+def _persistent(B: int, H: int, device) -> bool:
+    """The persistent kernel's parallelism is ceil(B / BM) programs; it pays where per-step launches would
+    dominate (small layers) or where the row blocks alone fill the GPU. Otherwise the step kernels."""
+    if _mode != "auto":
+        return _mode == "persistent"
+    if device.type != "cuda":
+        return True
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return H <= 128 or triton.cdiv(B, BM) >= sms
 
 
 def _acc(dtype: torch.dtype):
@@ -34,14 +55,24 @@ def forward(mode: str, gx: Tensor, w_hh: Tensor, h0: Tensor, batch_sizes: Tensor
     bs, offsets = hc.schedule(batch_sizes, gx.device)
     y, ws = hc.forward_buffers(mode, gx, N, H, P, save)
     empty = gx.new_empty(0)
-    if B > 0:
-        recurrence_forward_kernel[(triton.cdiv(B, BM),)](
+
+    def launch(grid, it_begin, it_end, split):
+        recurrence_forward_kernel[grid](
             gx, w_hh, w_hr if P else empty, b_hn if b_hn is not None else empty, h0, c0 if c0 is not None else empty,
             y, ws["cell"], ws["proj_in"], ws["gates"], ws["gh_n"], ws["h_prev"], bs, offsets,
-            T, B, H, P, P or H, 0, T,
+            T, B, H, P, P or H, it_begin, it_end,
             CELL=CELL_IDS[mode], G=G, REVERSE=reverse, RELU=mode == "RNN_RELU", HAS_BHN=b_hn is not None, SAVE=save,
-            HAS_PROJ=P > 0, ACC=_acc(dt), BM=BM, BU=BU, BK=BK,
+            HAS_PROJ=P > 0, ACC=_acc(dt), BM=BM, BU=BU, BK=BK, SPLIT=split,
         )
+
+    row_blocks = triton.cdiv(B, BM)
+    if B > 0 and _persistent(B, H, gx.device):
+        launch((row_blocks, 1), 0, T, 0)
+    elif B > 0:
+        for it in range(T):  # the step kernels: gates over (rows, units), then the projection over (rows, P)
+            launch((row_blocks, triton.cdiv(H, BU)), it, it + 1, 1)
+            if P:
+                launch((row_blocks, triton.cdiv(P, BU)), it, it + 1, 2)
     return hc.finish_forward(mode, y, ws, batch_sizes, reverse, out_dt)
 
 
@@ -56,15 +87,26 @@ def backward(mode: str, dy: Tensor, dh_n: Tensor, w_hh: Tensor, batch_sizes: Ten
     bs, offsets = hc.schedule(batch_sizes, dy.device)
     out = hc.backward_buffers(mode, dy, N, H, P, B)
     empty = dy.new_empty(0)
-    if B > 0:
-        ws = {k: v.to(dt) for k, v in ws.items()}
-        recurrence_backward_kernel[(triton.cdiv(B, BM),)](
+    ws = {k: v.to(dt) for k, v in ws.items()}
+
+    def launch(grid, j_begin, j_end, split):
+        recurrence_backward_kernel[grid](
             w_hh, w_hr if P else empty, c0 if c0 is not None else empty, ws["y"], ws["cell"], ws["proj_in"],
             ws["gates"], ws["gh_n"], ws["h_prev"],
             dy, dh_n, dc_n if dc_n is not None else empty,
             out["d_gates"], out["d_gates_h"], out["dh0"], out["dc0"], out["dh_total"], out["dh_ring"], out["dc_ring"],
-            bs, offsets, T, B, H, P, P or H,
+            bs, offsets, T, B, H, P, P or H, j_begin, j_end,
             CELL=CELL_IDS[mode], G=G, REVERSE=reverse, RELU=mode == "RNN_RELU", HAS_PROJ=P > 0, ACC=_acc(dt),
-            BM=BM, BU=BU, BK=BK,
+            BM=BM, BU=BU, BK=BK, SPLIT=split,
         )
+
+    row_blocks = triton.cdiv(B, BM)
+    if B > 0 and _persistent(B, H, dy.device):
+        launch((row_blocks, 1), 0, T, 0)
+    elif B > 0:
+        for j in range(T):  # per backward step: dh_total (projection), gate gradients, then dh_prev
+            if P:
+                launch((row_blocks, triton.cdiv(P, BU)), j, j + 1, 1)
+            launch((row_blocks, triton.cdiv(H, BU)), j, j + 1, 2)
+            launch((row_blocks, triton.cdiv(P or H, BU)), j, j + 1, 3)
     return hc.finish_backward(mode, out, out_dt)
