@@ -63,7 +63,8 @@ def _dot(a, b, ACC: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
 
 
-@triton.jit
+# Sizes and step ranges are runtime values, never specialised on: no recompilation per shape.
+@triton.jit(do_not_specialize=["T", "B", "H", "P", "Hin", "it_begin", "it_end"])
 def recurrence_forward_kernel(
     gx, w_hh, w_hr, b_hn, h0, c0,  # inputs
     y, cell, proj_in, gates, gh_n, h_prev_ws,  # outputs and workspace
@@ -170,7 +171,7 @@ def recurrence_forward_kernel(
         tl.debug_barrier()  # this step's states are visible to the whole program before the next step
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "B", "H", "P", "Hin", "j_begin", "j_end"])
 def recurrence_backward_kernel(
     w_hh, w_hr, c0, y, cell, proj_in, gates, gh_n, h_prev_ws,  # forward inputs, outputs, workspace
     dy, dh_n, dc_n,  # upstream gradients

@@ -42,6 +42,8 @@ class Case:
     packed: bool = False
     dtype: str = "float32"
     train: bool = True
+    device: str = "cpu"
+    sweep: str = ""  # "B" or "H" for the --plot sweeps
 
     @property
     def input_size(self) -> int:
@@ -52,7 +54,8 @@ class Case:
         extra += ["bi"] if self.bidirectional else []
         extra += [f"P{self.proj}"] if self.proj else []
         extra += ["packed"] if self.packed else []
-        extra += ["f64"] if self.dtype == "float64" else []
+        extra += [self.dtype.replace("float", "f").replace("bf16", "bf16")] if self.dtype != "float32" else []
+        extra += ["GPU"] if self.device != "cpu" else []
         return (f"{self.cell:4s} {'train' if self.train else 'infer'} T={self.T} B={self.B} H={self.H}"
                 + (f" I={self.I}" if self.I else "") + (" " + " ".join(extra) if extra else ""))
 
@@ -85,11 +88,11 @@ def _build(case: Case):
     kw = dict(num_layers=case.layers, bidirectional=case.bidirectional, dtype=dtype)
     if case.proj:
         kw["proj_size"] = case.proj
-    ref = getattr(nn, case.cell)(case.input_size, case.H, **kw)
-    ours = getattr(pyrnn, case.cell)(case.input_size, case.H, **kw)
+    ref = getattr(nn, case.cell)(case.input_size, case.H, **kw).to(case.device)
+    ours = getattr(pyrnn, case.cell)(case.input_size, case.H, **kw).to(case.device)
     ours.load_state_dict(ref.state_dict())
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(case.T, case.B, case.input_size, dtype=dtype, generator=gen)
+    x = torch.randn(case.T, case.B, case.input_size, dtype=dtype, generator=gen).to(case.device)
     if case.packed:
         lengths = torch.linspace(case.T, max(1, case.T // 2), case.B).long()
         make_input = lambda: pack_padded_sequence(x.requires_grad_(case.train), lengths)  # noqa: E731
@@ -98,23 +101,27 @@ def _build(case: Case):
     return ref, ours, make_input
 
 
-def _step(module: nn.Module, make_input: Callable, train: bool) -> Callable[[], None]:
+def _step(module: nn.Module, make_input: Callable, train: bool, device: str) -> Callable[[], None]:
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     if train:
         def run():
             module.zero_grad(set_to_none=True)
             out, _ = module(make_input())
             data = out.data if hasattr(out, "batch_sizes") else out
             data.sum().backward()
+            sync()
     else:
         def run():
             with torch.no_grad():
                 module(make_input())
+            sync()
     return run
 
 
 def time_case(case: Case, min_time: float = 1.0, min_samples: int = 5, max_samples: int = 50) -> Result:
     ref, ours, make_input = _build(case)
-    fns = {"torch": _step(ref, make_input, case.train), "pyrnn": _step(ours, make_input, case.train)}
+    fns = {"torch": _step(ref, make_input, case.train, case.device),
+           "pyrnn": _step(ours, make_input, case.train, case.device)}
     for fn in fns.values():  # warm-up: allocations, weight packing, thread start
         fn()
     times = {"torch": [], "pyrnn": []}
@@ -154,7 +161,38 @@ def standard_grid(quick: bool = False) -> list[Case]:
             ]
     if not quick:
         cases += [Case("LSTM", 50, 32, 256, proj=128, train=True), Case("LSTM", 50, 32, 256, proj=128, train=False)]
+    if torch.cuda.is_available():  # the GPU grid of issue 5: cuDNN's persistent path is off for most of these
+        for cell in ("LSTM", "GRU"):
+            for dtype in ("float32", "bfloat16"):
+                cases += [Case(cell, 1024 if not quick else 256, 16, 1024, dtype=dtype, device="cuda"),
+                          Case(cell, 256, 1, 512, dtype=dtype, device="cuda"),
+                          Case(cell, 256, 16, 256, layers=2, bidirectional=True, dtype=dtype, device="cuda")]
     return cases
+
+
+def sweep_grid() -> list[Case]:
+    """For --plot: speedup against B at H=256 and against H at B=32 (T=50, float32), every cell and mode."""
+    cases = []
+    for cell in GATES:
+        for train in (False, True):
+            cases += [Case(cell, 50, b, 256, train=train, sweep="B") for b in (1, 4, 16, 64)]
+            cases += [Case(cell, 50, 32, h, train=train, sweep="H") for h in (64, 128, 256, 512)]
+    return cases
+
+
+def peers() -> dict:
+    """Other RNN libraries timed on equal work when installed; both are CUDA-only."""
+    import importlib.util
+
+    notes = {}
+    for name in ("flashrnn", "haste_pytorch"):
+        if importlib.util.find_spec(name) is None:
+            notes[name] = "not installed: skipped"
+        elif not torch.cuda.is_available():
+            notes[name] = "installed, but CUDA-only and no GPU here: skipped"
+        else:
+            notes[name] = "installed: comparison not implemented yet"
+    return notes
 
 
 def machine_info() -> dict:
@@ -225,19 +263,32 @@ def format_table(results: list[Result], peak: Optional[float] = None) -> str:
 
 
 def plot(results: list[Result], path: str) -> None:
+    """PNG of speedup against batch size and against hidden size, one line per cell and mode."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 0.3 * len(results) + 1.5))
-    labels = [r.case.label() for r in results]
-    ax.barh(range(len(results)), [r.ratio for r in results], color=["tab:green" if r.ratio >= 1 else "tab:red" for r in results])
-    ax.axvline(1.0, color="black", lw=0.8)
-    ax.set_yticks(range(len(results)), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("speedup: torch.nn time / pyrnn time")
-    ax.set_title("pyrnn vs torch.nn (median of interleaved runs)")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, key, label in ((axes[0], "B", "batch size B"), (axes[1], "H", "hidden size H")):
+        series: dict = {}
+        for r in results:
+            c = r.case
+            if c.sweep != key:
+                continue
+            series.setdefault(f"{c.cell} {'train' if c.train else 'infer'}", []).append((getattr(c, key), r.ratio))
+        for name, points in sorted(series.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("speedup: torch.nn time / pyrnn time")
+    axes[1].legend(fontsize=8)
+    axes[0].set_title("H = 256, T = 50")
+    axes[1].set_title("B = 32, T = 50")
+    fig.suptitle("pyrnn vs torch.nn (median of interleaved runs, float32)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -270,11 +321,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(format_table(results, peak))
+    info["peers"] = peers()
+    for name, note in info["peers"].items():
+        print(f"peer {name}: {note}")
+    if args.plot:
+        sweep = sweep_grid()
+        for i, case in enumerate(sweep):
+            _progress(i, len(sweep), "plot sweep: " + case.label())
+            results.append(time_case(case, min_time=min(args.min_time, 0.3)))
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        plot(results, args.plot)
+        print(f"plot: {args.plot}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "results": [asdict(r) for r in results]}, f, indent=1)
-    if args.plot:
-        plot(results, args.plot)
     return 0
 
 

@@ -26,3 +26,27 @@ def test_kernels_namespace_is_under_pyrnn():
     import importlib.util
 
     assert importlib.util.find_spec("pyrnn.kernels") is not None
+
+
+def test_bench_cli_runs_a_case_and_writes_json_and_plot(tmp_path, monkeypatch):
+    import json
+
+    from pyrnn import bench
+
+    monkeypatch.setattr(bench, "standard_grid", lambda quick=False: [bench.Case("GRU", 3, 2, 8, train=True)])
+    monkeypatch.setattr(bench, "sweep_grid", lambda: [bench.Case("RNN", 3, b, 8, sweep="B") for b in (1, 2)]
+                        + [bench.Case("RNN", 3, 2, h, sweep="H") for h in (4, 8)])
+    out = tmp_path / "r.json"
+    png = tmp_path / "p.png"
+    args = ["--min-time", "0", "--json", str(out)]
+    try:
+        import matplotlib  # noqa: F401
+
+        args += ["--plot", str(png)]
+    except ImportError:
+        png = None
+    assert bench.main(args) == 0
+    data = json.loads(out.read_text())
+    assert data["results"][0]["ratio"] > 0 and data["machine"]["fma_peak_gflops"] > 0
+    if png is not None:
+        assert png.stat().st_size > 0

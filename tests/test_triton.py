@@ -13,6 +13,7 @@ pytest.importorskip("triton", reason="the Triton backend needs `pip install trit
 import pyrnn  # noqa: E402
 from conftest import assert_close  # noqa: E402
 from test_modules import Config, make_inputs, make_pair, random_configs, run  # noqa: E402
+from test_reference import CLASSES, _check, _grid  # noqa: E402
 
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
     pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1", allow_module_level=True)
@@ -49,6 +50,12 @@ def test_triton_matches_torch_nn(cfg: Config, triton_backend):
         assert_close(g, e, cfg.dtype, f"output {i}")
     for name in exp_grads:
         assert_close(got_grads[name], exp_grads[name], cfg.dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("cfg", list(_grid(16, 13)), ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_triton_matches_numpy_reference(cfg, triton_backend):
+    """Outputs, final states and every gradient against the NumPy float64 reference (tolerance 1e-9)."""
+    _check(cfg, CLASSES[cfg["mode"]], forbid=True)
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
