@@ -155,11 +155,22 @@ inline void tail_rows(int64_t b0, int64_t left, int64_t K, const T* panel, RowPt
   }
 }
 
+// Rows go in equal tiles of at most MR (20 rows with MR = 6: 5+5+5+5, not 6+6+6+2), since a tile streams
+// the whole panel whatever its height.
 template <typename T, int MR, int NV, typename RowPtr, typename Epilogue>
 inline void gemm_rows(int64_t rows, int64_t K, const T* panel, RowPtr row_ptr, Epilogue epilogue) {
+  if (rows <= 0) return;
+  const int64_t tiles = (rows + MR - 1) / MR, base = rows / tiles, taller = rows % tiles;
   int64_t b0 = 0;
-  for (; b0 + MR <= rows; b0 += MR) tile_rows<T, MR, NV>(b0, K, panel, row_ptr, epilogue);
-  if (b0 < rows) tail_rows<T, MR - 1, NV>(b0, rows - b0, K, panel, row_ptr, epilogue);
+  for (int64_t i = 0; i < tiles; ++i) {
+    const int64_t height = base + (i < taller ? 1 : 0);
+    if (height == MR) {
+      tile_rows<T, MR, NV>(b0, K, panel, row_ptr, epilogue);
+    } else {
+      tail_rows<T, MR - 1, NV>(b0, height, K, panel, row_ptr, epilogue);
+    }
+    b0 += height;
+  }
 }
 
 // Largest row tile whose MR*NV accumulators, NV weight vectors and one broadcast fit in the registers.
