@@ -262,6 +262,34 @@ def format_table(results: list[Result], peak: Optional[float] = None) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(results: list[Result], peak: Optional[float] = None) -> str:
+    """The report as a Markdown table (what BENCHMARKS.md quotes)."""
+    head = "| case | torch.nn ms | pyrnn ms | speedup | pyrnn GFLOP/s | torch GFLOP/s |" + (" pyrnn %peak |" if peak else "")
+    rule = "|---|---:|---:|---:|---:|---:|" + ("---:|" if peak else "")
+    lines = [head, rule]
+    for r in results:
+        if r.case.sweep:
+            continue
+        line = (f"| {' '.join(r.case.label().split())} | {r.torch_ms:.2f} | {r.pyrnn_ms:.2f} | {r.ratio:.2f}x | "
+                f"{r.pyrnn_gflops:.0f} | {r.torch_gflops:.0f} |")
+        lines.append(line + (f" {100 * r.pyrnn_gflops / peak:.0f}% |" if peak else ""))
+    ratios = [r.ratio for r in results if not r.case.sweep]
+    if ratios:
+        lines.append("")
+        lines.append(f"Median speedup {statistics.median(ratios):.2f}x, geometric mean "
+                     f"{statistics.geometric_mean(ratios):.2f}x over {len(ratios)} cases.")
+    return "\n".join(lines)
+
+
+def load_results(path: str) -> tuple[dict, list[Result]]:
+    """A --json file back into (machine info, results)."""
+    with open(path) as f:
+        data = json.load(f)
+    results = [Result(Case(**r["case"]), *(r[k] for k in ("torch_ms", "pyrnn_ms", "ratio", "pyrnn_gflops",
+                                                          "torch_gflops", "samples"))) for r in data["results"]]
+    return data["machine"], results
+
+
 def plot(results: list[Result], path: str) -> None:
     """PNG of speedup against batch size and against hidden size, one line per cell and mode."""
     import matplotlib
@@ -302,6 +330,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--tune-malloc", action="store_true",
                    help="raise glibc's mmap/trim thresholds first (applies to torch.nn and pyrnn alike)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     p.add_argument("--plot", metavar="PATH", help="also write a PNG of the speedups (needs matplotlib)")
     args = p.parse_args(argv)
     if args.threads:
@@ -336,6 +365,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "results": [asdict(r) for r in results]}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown_table(results, peak) + "\n")
     return 0
 
 
