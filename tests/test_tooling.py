@@ -14,18 +14,26 @@ import pytest
 import torch
 
 import pyrnn
+from conftest import forbid_torch_rnn
 
 
+@pytest.mark.parametrize("allow_rnn", [False, True])
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("cls", [pyrnn.LSTM, pyrnn.GRU, pyrnn.RNN])
-def test_torch_compile_inductor_forward_and_backward(cls):
+def test_torch_compile_forward_and_backward(cls, backend, allow_rnn):
+    """Dynamo treats subclasses of torch.nn's RNNs as a graph break unless allow_rnn is set (documented in the
+    README): the module then runs eagerly, still on pyrnn's kernels. With allow_rnn=True it compiles into a
+    single graph (fullgraph) around pyrnn's custom ops."""
     torch.manual_seed(0)
-    m = cls(4, 6, num_layers=2, batch_first=True)
+    m = cls(4, 6, num_layers=2, batch_first=True, bidirectional=True)
     x = torch.randn(3, 5, 4, requires_grad=True)
     out, _ = m(x)
     (expected_grad,) = torch.autograd.grad(out.square().sum(), x)
-    compiled = torch.compile(m)
-    got, _ = compiled(x)
-    (grad,) = torch.autograd.grad(got.square().sum(), x)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=allow_rnn), forbid_torch_rnn():
+        compiled = torch.compile(m, backend=backend, fullgraph=allow_rnn)
+        got, _ = compiled(x)
+        (grad,) = torch.autograd.grad(got.square().sum(), x)
     torch.testing.assert_close(got, out)
     torch.testing.assert_close(grad, expected_grad)
 
