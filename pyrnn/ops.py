@@ -1,7 +1,7 @@
 """Autograd-aware ops over one layer-direction recurrence (torch.library custom ops).
 
-Each op takes the input projection gx (computed by the caller with a plain GEMM over all steps, so autograd
-handles W_ih, b_ih and x) and runs the recurrence in pyrnn's own kernels. Shapes, with N packed rows
+Each op takes the input projection gx (computed by the caller with one GEMM over all steps, pyrnn::linear,
+whose autograd handles W_ih, b_ih and x) and runs the recurrence in pyrnn's own kernels. Shapes, with N packed rows
 (N = T * B for a padded batch), G gates, Hin = P if a projection else H:
 
     gx: [N, G*H]   w_hh: [G*H, Hin]   w_hr: [P, H]   h0: [B, Hin]   c0: [B, H]   batch_sizes: int64 [T] (CPU)
@@ -9,7 +9,7 @@ handles W_ih, b_ih and x) and runs the recurrence in pyrnn's own kernels. Shapes
 
 The forward also returns the workspace its backward needs (empty tensors when save_workspace is False,
 i.e. in inference). The backward is a custom op too, so torch.compile and opcheck see both as opaque ops;
-the weight gradients are plain matmuls over all steps at once.
+the weight gradients are single GEMMs over all steps (pyrnn::gemm on the CPU, torch's on GPUs).
 """
 
 from __future__ import annotations
