@@ -116,9 +116,57 @@ struct ColumnBlock {
 // acc[r][v] = sum_k a(r, k) * panel[k][v]  for MR rows and NV vectors of W lanes. The packed panel holds the
 // NV*W weight columns of one k contiguously, so a step of k is NV vector loads, MR broadcasts and MR*NV FMAs,
 // all accumulators in registers (MR and NV are chosen per ISA so they fit).
+// Chains of dependent FMAs a microkernel of MR x NV accumulators splits its depth into, so that at least ~12
+// FMAs are in flight (FMA latency x pipes): small tiles (B = 1, 2) would otherwise wait on FMA latency.
+constexpr int depth_chains(int mr, int nv) {
+  int ks = (12 + mr * nv - 1) / (mr * nv);
+  while (ks > 1 && ks * mr * nv + nv + 1 > kVecRegs) --ks;
+  return ks < 1 ? 1 : ks;
+}
+
 template <typename T, int MR, int NV, typename A>
 inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR][NV]) {
-  constexpr int W = Simd<T>::W;
+  constexpr int W = Simd<T>::W, KS = depth_chains(MR, NV);
+  if constexpr (KS > 1) {
+    Vec<T> part[KS][MR][NV];
+#pragma GCC unroll 16
+    for (int c = 0; c < KS; ++c)
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) part[c][r][v] = Vec<T>{};
+    int64_t k = 0;
+    for (; k + KS <= K; k += KS) {
+#pragma GCC unroll 16
+      for (int c = 0; c < KS; ++c) {
+        Vec<T> w[NV];
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) w[v] = vload(panel + ((k + c) * NV + v) * W);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+          const Vec<T> ar = vbroadcast(a(r, k + c));
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) part[c][r][v] += ar * w[v];
+        }
+      }
+    }
+    for (; k < K; ++k)
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        const Vec<T> ar = vbroadcast(a(r, k));
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) part[0][r][v] += ar * vload(panel + (k * NV + v) * W);
+      }
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) {
+        Vec<T> sum = part[0][r][v];
+        for (int c = 1; c < KS; ++c) sum += part[c][r][v];
+        acc[r][v] = sum;
+      }
+    return;
+  }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 16
