@@ -54,7 +54,7 @@ class Case:
         extra += ["bi"] if self.bidirectional else []
         extra += [f"P{self.proj}"] if self.proj else []
         extra += ["packed"] if self.packed else []
-        extra += [self.dtype.replace("float", "f").replace("bf16", "bf16")] if self.dtype != "float32" else []
+        extra += [self.dtype.replace("float", "f")] if self.dtype != "float32" else []  # f64, bf16, f16
         extra += ["GPU"] if self.device != "cpu" else []
         return (f"{self.cell:4s} {'train' if self.train else 'infer'} T={self.T} B={self.B} H={self.H}"
                 + (f" I={self.I}" if self.I else "") + (" " + " ".join(extra) if extra else ""))
