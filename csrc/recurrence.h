@@ -299,6 +299,31 @@ struct ColumnPanels {
   }
 };
 
+// A single step (cells, T = 1) is not worth packing W_hh for: its gates are dot products of the state with
+// W_hh's rows as they lie, and its dh GEMM an axpy over them, on one thread.
+inline bool single_step_direct(const RecurrenceArgs& a, int64_t macs) {
+  return a.T == 1 && a.P == 0 && macs <= (int64_t{1} << 20);
+}
+
+template <typename T>
+inline T dot(const T* x, const T* y, int64_t n) {
+  constexpr int W = Simd<T>::W;
+  Vec<T> acc0{}, acc1{};
+  int64_t k = 0;
+  for (; k + 2 * W <= n; k += 2 * W) {
+    acc0 += vload(x + k) * vload(y + k);
+    acc1 += vload(x + k + W) * vload(y + k + W);
+  }
+  for (; k < n; k += W) {
+    const int cnt = static_cast<int>(n - k < W ? n - k : W);
+    acc0 += vload(x + k, cnt) * vload(y + k, cnt);
+  }
+  acc0 += acc1;
+  T sum = T(0);
+  for (int l = 0; l < W; ++l) sum += acc0[l];
+  return sum;
+}
+
 // Forward of one layer-direction. The Cell provides:
 //   G, NU                     gates per unit; unit vectors per forward panel
 //   forward_vec(n, b, prev, u, cnt, h_prev_row, gate_acc[G])   the pointwise epilogue of units [u, u+cnt)
@@ -323,6 +348,22 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
     const int64_t p = s.prev_row(t, b);
     return p >= 0 ? y + p * ys : h0 + b * Hin;
   };
+  if (single_step_direct(a, a.B * G * H * Hin)) {
+    const int64_t bs = s.batch[0], off = s.offset[0];
+    for (int64_t b = 0; b < bs; ++b) {
+      const T* hp = state_row(0, b);
+      if (h_prev_ws) copy_row(hp, Hin, h_prev_ws + (off + b) * Hin);
+      for (int64_t u = 0; u < H; u += W) {
+        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+        Vec<T> gate_acc[G];
+        for (int g = 0; g < G; ++g) {
+          gate_acc[g] = Vec<T>{};
+          for (int j = 0; j < cnt; ++j) gate_acc[g][j] = dot(hp, w_hh + (g * H + u + j) * Hin, Hin);
+        }
+        cell.forward_vec(off + b, b, -1, u, cnt, hp, gate_acc);
+      }
+    }
+  } else {
   const int nthreads = threads_for(a.B * G * H * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
   ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
     const Range units = UnitSplit<T, Cell>::units(H, tid, nt);
@@ -379,6 +420,7 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
       barrier.wait();
     }
   });
+  }
   T* h_n = mptr<T>(a.h_n);  // [B, Hin]
   for (int64_t b = 0; b < a.B; ++b) {
     const int64_t last = s.last_row(b);
@@ -418,6 +460,35 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
   auto carry_row = [&](int64_t it, int64_t b) -> const T* {
     return s.next_row(s.time_at(it), b) >= 0 ? ring_row(it + 1, b) : dh_n + b * Hin;
   };
+  if (single_step_direct(a, a.B * GH * Hin)) {
+    const int64_t bs = s.batch[0], off = s.offset[0];
+    for (int64_t b = 0; b < bs; ++b) {
+      const int64_t n = off + b;
+      const T* dyr = dy + n * Hin;
+      const T* dhn = dh_n + b * Hin;  // one step: every row's output is its final state
+      for (int64_t u = 0; u < H; u += W) {
+        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
+        cell.backward_vec(n, b, u, cnt, vload(dyr + u, cnt) + vload(dhn + u, cnt), -1, -1, 0);
+      }
+      T* out = dh0 + b * Hin;  // dh_prev = W_hh^T d_gates_h (+ the direct path), an axpy per gate row
+      for (int64_t k = 0; k < Hin; ++k) out[k] = T(0);
+      const T* dg = d_gates_h + n * GH;
+      for (int64_t r = 0; r < GH; ++r) {
+        const Vec<T> coeff = vbroadcast(dg[r]);
+        const T* wr = w_hh + r * Hin;
+        for (int64_t k = 0; k < Hin; k += W) {
+          const int cnt = static_cast<int>(std::min<int64_t>(W, Hin - k));
+          vstore(out + k, vload(out + k, cnt) + coeff * vload(wr + k, cnt), cnt);
+        }
+      }
+      if (Cell::kHasDirectPath)
+        for (int64_t k = 0; k < Hin; k += W) {
+          const int cnt = static_cast<int>(std::min<int64_t>(W, Hin - k));
+          vstore(out + k, vload(out + k, cnt) + cell.dh_extra(n, k, cnt, vload(dyr + k, cnt) + vload(dhn + k, cnt)), cnt);
+        }
+    }
+    return;
+  }
   const int nthreads = threads_for(a.B * GH * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
   ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
     const Range units = UnitSplit<T, Cell>::units(H, tid, nt);

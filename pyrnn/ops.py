@@ -148,8 +148,10 @@ def gemm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_scalar_name(a)} and {_scalar_name(b)}")
     _check(bias is None or bias.dtype == a.dtype, "gemm: bias dtype differs")
     M, K, N = a.shape[0], a.shape[1], b.shape[1]
-    if a.device.type != "cpu" or a.dtype not in _KERNEL_DTYPES or _backend.get_backend() not in ("auto", "cpu"):
-        # GPUs (and the Triton tests) use torch's GEMM: cuBLAS runs these shapes near peak
+    if (a.device.type != "cpu" or a.dtype not in _KERNEL_DTYPES or _backend.get_backend() not in ("auto", "cpu")
+            or M < 32):
+        # GPUs (and the Triton tests) use torch's GEMM: cuBLAS runs these shapes near peak. So do a few rows
+        # (cells, tiny batches): pyrnn's GEMM packs all of B per call, which only pays over many rows.
         return torch.addmm(bias, a, b) if bias is not None else a.mm(b)
     _check(bias is None or bias.shape == (N,), f"gemm: bias must be [{N}]")
     if a.stride(0) != 1 and a.stride(1) != 1:
