@@ -142,7 +142,8 @@ def _require_workspace(ws: Tensor, rows: int, op: str) -> None:
 
 @torch.library.custom_op("pyrnn::gemm", mutates_args=())
 def gemm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """a [M, K] @ b [K, N] (+ bias [N]) in pyrnn's GEMM. Transposed views are read in place (no copy)."""
+    """a [M, K] @ b [K, N] (+ bias [N]): pyrnn's GEMM for CPU float32/float64 with at least 32 rows (transposed
+    views are read in place, no copy), torch's otherwise."""
     _check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0], f"gemm: bad shapes {a.shape} @ {b.shape}")
     if a.dtype != b.dtype:  # torch's matmul words this
         raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_scalar_name(a)} and {_scalar_name(b)}")
