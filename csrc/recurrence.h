@@ -348,6 +348,14 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
     const int64_t p = s.prev_row(t, b);
     return p >= 0 ? y + p * ys : h0 + b * Hin;
   };
+  auto write_final_states = [&] {
+    T* h_n = mptr<T>(a.h_n);  // [B, Hin]
+    for (int64_t b = 0; b < a.B; ++b) {
+      const int64_t last = s.last_row(b);
+      copy_row(y + last * ys, Hin, h_n + b * Hin);
+      cell.finish_row(b, last);
+    }
+  };
   if (single_step_direct(a, a.B * G * H * Hin)) {
     const int64_t bs = s.batch[0], off = s.offset[0];
     for (int64_t b = 0; b < bs; ++b) {
@@ -363,7 +371,9 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
         cell.forward_vec(off + b, b, -1, u, cnt, hp, gate_acc);
       }
     }
-  } else {
+    write_final_states();
+    return;
+  }
   const int nthreads = threads_for(a.B * G * H * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
   ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
     const Range units = UnitSplit<T, Cell>::units(H, tid, nt);
@@ -420,13 +430,7 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
       barrier.wait();
     }
   });
-  }
-  T* h_n = mptr<T>(a.h_n);  // [B, Hin]
-  for (int64_t b = 0; b < a.B; ++b) {
-    const int64_t last = s.last_row(b);
-    copy_row(y + last * ys, Hin, h_n + b * Hin);
-    cell.finish_row(b, last);
-  }
+  write_final_states();
 }
 
 // Backward of one layer-direction, walking the steps in the opposite order of the forward.

@@ -281,15 +281,6 @@ def markdown_table(results: list[Result], peak: Optional[float] = None) -> str:
     return "\n".join(lines)
 
 
-def load_results(path: str) -> tuple[dict, list[Result]]:
-    """A --json file back into (machine info, results)."""
-    with open(path) as f:
-        data = json.load(f)
-    results = [Result(Case(**r["case"]), *(r[k] for k in ("torch_ms", "pyrnn_ms", "ratio", "pyrnn_gflops",
-                                                          "torch_gflops", "samples"))) for r in data["results"]]
-    return data["machine"], results
-
-
 def plot(results: list[Result], path: str) -> None:
     """PNG of speedup against batch size and against hidden size, one line per cell and mode."""
     import matplotlib
