@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -10,6 +11,11 @@
 
 #include "kernels_api.h"
 #include "thread_team.h"
+#include "workspace_pool.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace py = pybind11;
 using pyrnn::RecurrenceArgs;
@@ -74,6 +80,82 @@ void call(const RecurrenceArgs& args) {
   (active->*member)(args);
 }
 
+// Asks the kernel to back the 2 MiB-aligned interior of [ptr, ptr + nbytes) with transparent huge pages.
+// The workspaces of a training step are tens of MiB, freshly allocated each call: faulting them in 4 KiB at a
+// time cost ~15% of an LSTM step. Returns the bytes advised (0 where unsupported or refused).
+int64_t advise_huge_pages(uintptr_t ptr, int64_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t begin = (ptr + kHuge - 1) & ~(kHuge - 1), end = (ptr + static_cast<uintptr_t>(nbytes)) & ~(kHuge - 1);
+  if (nbytes <= 0 || end <= begin) return 0;
+  return madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE) == 0 ? static_cast<int64_t>(end - begin) : 0;
+#else
+  (void)ptr;
+  (void)nbytes;
+  return 0;
+#endif
+}
+
+// The DLPack ABI (the "dltensor" capsule torch.from_dlpack takes), declared from its published spec so that
+// pool buffers become torch tensors whose last release hands the memory back to the pool.
+struct DLDevice {
+  int32_t device_type;  // 1 = CPU
+  int32_t device_id;
+};
+struct DLDataType {
+  uint8_t code;  // 1 = unsigned int
+  uint8_t bits;
+  uint16_t lanes;
+};
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;  // null = compact row-major
+  uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor*);
+};
+
+struct PoolBuffer {
+  DLManagedTensor managed;
+  int64_t shape[1];
+};
+
+void release_pool_buffer(DLManagedTensor* managed) {
+  pyrnn::pool_release(managed->dl_tensor.data);
+  delete static_cast<PoolBuffer*>(managed->manager_ctx);
+}
+
+// A uint8 [nbytes] pool buffer as a DLPack capsule (torch.from_dlpack consumes it).
+py::object pool_buffer(int64_t nbytes) {
+  if (nbytes < 0) throw std::invalid_argument("pyrnn: negative buffer size");
+  void* data = pyrnn::pool_acquire(nbytes);
+  if (!data) throw std::bad_alloc();
+  auto* buffer = new PoolBuffer{};
+  buffer->shape[0] = nbytes;
+  buffer->managed.dl_tensor = DLTensor{data, DLDevice{1, 0}, 1, DLDataType{1, 8, 1}, buffer->shape, nullptr, 0};
+  buffer->managed.manager_ctx = buffer;
+  buffer->managed.deleter = &release_pool_buffer;
+  PyObject* capsule = PyCapsule_New(&buffer->managed, "dltensor", [](PyObject* cap) {
+    // Still named "dltensor": nobody took ownership, so the buffer goes back here.
+    if (PyCapsule_IsValid(cap, "dltensor")) {
+      auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+      managed->deleter(managed);
+    }
+  });
+  if (!capsule) {
+    release_pool_buffer(&buffer->managed);
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::object>(capsule);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -116,6 +198,17 @@ PYBIND11_MODULE(_C, m) {
         "measured float32 FMA throughput of this machine with the active ISA, GFLOP/s");
   m.def("thread_backend", [] { return std::string(pyrnn::ThreadTeam::backend()); },
         "'openmp' when the kernels run on torch's OpenMP threads, 'team' on pyrnn's own");
+  m.def("advise_huge_pages", &advise_huge_pages, py::arg("ptr"), py::arg("nbytes"),
+        "madvise(MADV_HUGEPAGE) the 2 MiB-aligned interior of a buffer; returns the bytes advised");
+  m.def("pool_buffer", &pool_buffer, py::arg("nbytes"),
+        "a uint8 [nbytes] workspace buffer from pyrnn's cache, as a DLPack capsule for torch.from_dlpack");
+  m.def("pool_stats", [] {
+    const pyrnn::PoolStats s = pyrnn::pool_stats();
+    return py::dict(py::arg("live_bytes") = s.live_bytes, py::arg("cached_bytes") = s.cached_bytes,
+                    py::arg("limit_bytes") = s.limit_bytes, py::arg("hits") = s.hits, py::arg("misses") = s.misses);
+  }, "workspace cache: bytes in use and kept idle, the idle cap, hits and misses");
+  m.def("pool_set_limit", &pyrnn::pool_set_limit, py::arg("bytes"), "cap on the idle bytes the cache keeps");
+  m.def("pool_clear", &pyrnn::pool_clear, "free every idle workspace buffer");
   m.def("isa", [] { return std::string(active->name); }, "instruction set the kernels run with");
   m.def("available_isas", &available_isas, "instruction sets this build and CPU support, best first");
   m.def("set_isa", &set_isa, py::arg("name"), "force an instruction set ('auto' for the best)");

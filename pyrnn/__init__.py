@@ -12,7 +12,10 @@ from . import ops  # noqa: F401  (registers the torch.library ops)
 from .backend import get_backend, set_backend
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "backends", "set_backend", "get_backend"]
+__all__ = [
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "backends", "set_backend", "get_backend",
+    "workspace_cache_stats", "set_workspace_cache_limit", "empty_cache",
+]
 __version__ = "0.1.0"
 
 
@@ -41,3 +44,26 @@ def backends() -> dict:
     if not cuda["available"]:
         cuda["reason"] = why if not ok else "the extension is built but no CUDA GPU is visible"
     return {"cpu": cpu, "triton": triton, "cuda": cuda, "forced": get_backend()}
+
+
+def workspace_cache_stats() -> dict:
+    """The CPU workspace cache (large buffers a training step saves for its backward, kept for the next step
+    instead of being page-faulted in again): live_bytes, cached_bytes (idle), limit_bytes, hits, misses."""
+    from ._ext import cpu_kernels
+
+    return dict(cpu_kernels().pool_stats())
+
+
+def set_workspace_cache_limit(nbytes: int) -> None:
+    """Most idle bytes the CPU workspace cache keeps (default 512 MiB, or PYRNN_WORKSPACE_CACHE_MB); 0 turns
+    caching off. Buffers in use are never affected."""
+    from ._ext import cpu_kernels
+
+    cpu_kernels().pool_set_limit(int(nbytes))
+
+
+def empty_cache() -> None:
+    """Frees the idle buffers of the CPU workspace cache (like torch.cuda.empty_cache)."""
+    from ._ext import cpu_kernels
+
+    cpu_kernels().pool_clear()

@@ -14,6 +14,7 @@ the weight gradients are single GEMMs over all steps (pyrnn::gemm on the CPU, to
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -41,6 +42,36 @@ def _scalar_name(t: Tensor) -> str:
     return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16"}.get(
         t.dtype, str(t.dtype)
     )
+
+
+# Buffers from this size on are backed by transparent huge pages where the OS allows it (PYRNN_HUGE_PAGES=0
+# turns this off): the outputs are fresh tens of MiB per call, and 4 KiB page faults were a visible part of
+# a training step.
+_HUGE_PAGE_MIN_BYTES = 0 if os.environ.get("PYRNN_HUGE_PAGES", "1") == "0" else 4 << 20
+# Workspaces (tensors only autograd and pyrnn's backward see) from this size on come from pyrnn's cache of
+# huge-page buffers (csrc/workspace_pool.h), which a finished backward hands back for the next step.
+_POOL_MIN_BYTES = 1 << 20
+
+
+def _empty(like: Tensor, *shape: int) -> Tensor:
+    """An uninitialised CPU buffer shaped `shape` like `like`, huge-page backed when large."""
+    out = like.new_empty(shape)
+    nbytes = out.numel() * out.element_size()
+    if _HUGE_PAGE_MIN_BYTES and nbytes >= _HUGE_PAGE_MIN_BYTES:
+        cpu_kernels().advise_huge_pages(out.data_ptr(), nbytes)
+    return out
+
+
+def _workspace(like: Tensor, *shape: int) -> Tensor:
+    """An uninitialised CPU workspace shaped `shape` like `like`, from the workspace cache when large."""
+    numel = 1
+    for n in shape:
+        numel *= n
+    nbytes = numel * like.element_size()
+    if nbytes < _POOL_MIN_BYTES:
+        return like.new_empty(shape)
+    raw = torch.from_dlpack(cpu_kernels().pool_buffer(nbytes))  # uint8 [nbytes]
+    return raw.view(like.dtype).view(shape)
 
 
 def _ptr(t: Optional[Tensor]) -> int:
@@ -130,6 +161,13 @@ def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad.contiguous()
 
 
+def _workspace_has_no_grad(ctx, *workspace: Tensor) -> None:
+    # Without this autograd hands the backward a zero-filled gradient for every output it did not reach, the
+    # workspace included ([N, 4H] and more: a third of an LSTM training step went to filling them).
+    ctx.mark_non_differentiable(*workspace)
+    ctx.set_materialize_grads(False)
+
+
 def _require_workspace(ws: Tensor, rows: int, op: str) -> None:
     if ws.numel() == 0 and rows > 0:
         raise RuntimeError(
@@ -160,7 +198,7 @@ def gemm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     if b.stride(0) != 1 and b.stride(1) != 1:
         b = b.contiguous()
     bias = None if bias is None else bias.contiguous()
-    out = a.new_empty(M, N)
+    out = _empty(a, M, N)
     spec = cpu_kernels().GemmSpec()
     spec.dtype, spec.nthreads = _KERNEL_DTYPES[a.dtype], torch.get_num_threads()
     spec.M, spec.N, spec.K = M, N, K
@@ -233,11 +271,11 @@ def lstm_layer(
     w_hh = w_hh.contiguous()
     w_hr = None if w_hr is None else w_hr.contiguous()
     h0, c0 = h0.contiguous(), c0.contiguous()
-    y, h_n, c_n = gx.new_empty(N, Hin), gx.new_empty(B, Hin), gx.new_empty(B, H)
-    cell = gx.new_empty(N, H)
-    proj_in = gx.new_empty(N, H) if P > 0 else gx.new_empty(0)
-    gates = gx.new_empty(N, 4 * H) if save_workspace else gx.new_empty(0)
-    h_prev = gx.new_empty(N, Hin) if save_workspace else gx.new_empty(0)
+    y, h_n, c_n = _empty(gx, N, Hin), gx.new_empty(B, Hin), gx.new_empty(B, H)
+    cell = _workspace(gx, N, H)
+    proj_in = _workspace(gx, N, H) if P > 0 else gx.new_empty(0)
+    gates = _workspace(gx, N, 4 * H) if save_workspace else gx.new_empty(0)
+    h_prev = _workspace(gx, N, Hin) if save_workspace else gx.new_empty(0)
 
     a = _args(gx, bs, B, H, P, reverse)
     a.gx, a.w_hh, a.w_hr, a.h0, a.c0 = _ptr(gx), _ptr(w_hh), _ptr(w_hr), _ptr(h0), _ptr(c0)
@@ -298,8 +336,8 @@ def lstm_layer_backward(
     dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
     w_hh, c0 = w_hh.contiguous(), c0.contiguous()
     w_hr = None if w_hr is None else w_hr.contiguous()
-    d_gates, dh0, dc0 = dy.new_empty(N, 4 * H), dy.new_empty(B, Hin), dy.new_empty(B, H)
-    dh_total = dy.new_empty(N, P) if P > 0 else dy.new_empty(0)
+    d_gates, dh0, dc0 = _workspace(dy, N, 4 * H), dy.new_empty(B, Hin), dy.new_empty(B, H)
+    dh_total = _workspace(dy, N, P) if P > 0 else dy.new_empty(0)
     dh_prev_ws, dc_prev_ws = dy.new_empty(2, B, Hin), dy.new_empty(2, B, H)  # two-step rings
 
     a = _args(dy, bs, B, H, P, reverse)
@@ -327,6 +365,7 @@ def _(dy, dh_n, dc_n, w_hh, w_hr, c0, batch_sizes, reverse, cell, proj_in, gates
 def _lstm_setup_context(ctx, inputs, output):
     gx, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace = inputs
     y, h_n, c_n, cell, proj_in, gates, h_prev = output
+    _workspace_has_no_grad(ctx, cell, proj_in, gates, h_prev)
     ctx.save_for_backward(w_hh, w_hr, c0, batch_sizes, cell, proj_in, gates, h_prev)
     ctx.reverse = reverse
 
@@ -374,11 +413,10 @@ def gru_layer(
     w_hh = w_hh.contiguous()
     b_hn = None if b_hn is None else b_hn.contiguous()
     h0 = h0.contiguous()
-    y, h_n = gx.new_empty(N, H), gx.new_empty(B, H)
-    # h_prev is read by the backward pointwise math, so it is the one workspace kept whenever training.
-    gates = gx.new_empty(N, 3 * H) if save_workspace else gx.new_empty(0)
-    gh_n = gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
-    h_prev = gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
+    y, h_n = _empty(gx, N, H), gx.new_empty(B, H)
+    gates = _workspace(gx, N, 3 * H) if save_workspace else gx.new_empty(0)
+    gh_n = _workspace(gx, N, H) if save_workspace else gx.new_empty(0)
+    h_prev = _workspace(gx, N, H) if save_workspace else gx.new_empty(0)
 
     a = _args(gx, bs, B, H, 0, reverse)
     a.gx, a.w_hh, a.b_hn, a.h0 = _ptr(gx), _ptr(w_hh), _ptr(b_hn), _ptr(h0)
@@ -418,7 +456,7 @@ def gru_layer_backward(
     ws = {"gates": (gates, (N, 3 * H)), "gh_n": (gh_n, (N, H)), "h_prev": (h_prev, (N, H))}
     _validate_backward(dy, dh_n, bs, N, H, ws)
     dy, dh_n, w_hh = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous()
-    d_gates, d_gates_h, dh0 = dy.new_empty(N, 3 * H), dy.new_empty(N, 3 * H), dy.new_empty(B, H)
+    d_gates, d_gates_h, dh0 = _workspace(dy, N, 3 * H), _workspace(dy, N, 3 * H), dy.new_empty(B, H)
     dh_prev_ws = dy.new_empty(2, B, H)  # two-step ring
 
     a = _args(dy, bs, B, H, 0, reverse)
@@ -438,6 +476,7 @@ def _(dy, dh_n, w_hh, batch_sizes, reverse, gates, gh_n, h_prev):
 def _gru_setup_context(ctx, inputs, output):
     gx, w_hh, b_hn, h0, batch_sizes, reverse, save_workspace = inputs
     y, h_n, gates, gh_n, h_prev = output
+    _workspace_has_no_grad(ctx, gates, gh_n, h_prev)
     ctx.save_for_backward(w_hh, h0, batch_sizes, gates, gh_n, h_prev)
     ctx.reverse = reverse
     ctx.has_b_hn = b_hn is not None
@@ -482,8 +521,8 @@ def rnn_layer(
     N, H, B = gx.shape[0], w_hh.shape[0], h0.shape[0]
     w_hh = w_hh.contiguous()
     h0 = h0.contiguous()
-    y, h_n = gx.new_empty(N, H), gx.new_empty(B, H)
-    h_prev = gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
+    y, h_n = _empty(gx, N, H), gx.new_empty(B, H)
+    h_prev = _workspace(gx, N, H) if save_workspace else gx.new_empty(0)
 
     a = _args(gx, bs, B, H, 0, reverse)
     a.nonlinearity = 1 if relu else 0
@@ -520,7 +559,7 @@ def rnn_layer_backward(
                                                    reverse, ws)
         return d_gates, dh0
     dy, dh_n, w_hh, y = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), y.contiguous()
-    d_gates, dh0, dh_prev_ws = dy.new_empty(N, H), dy.new_empty(B, H), dy.new_empty(2, B, H)
+    d_gates, dh0, dh_prev_ws = _workspace(dy, N, H), dy.new_empty(B, H), dy.new_empty(2, B, H)
 
     a = _args(dy, bs, B, H, 0, reverse)
     a.nonlinearity = 1 if relu else 0
@@ -538,6 +577,7 @@ def _(dy, dh_n, w_hh, y, batch_sizes, reverse, relu):
 def _rnn_setup_context(ctx, inputs, output):
     gx, w_hh, h0, batch_sizes, reverse, relu, save_workspace = inputs
     y, h_n, h_prev = output
+    _workspace_has_no_grad(ctx, h_prev)
     ctx.save_for_backward(w_hh, h0, batch_sizes, y, h_prev)
     ctx.reverse, ctx.relu = reverse, relu
 
