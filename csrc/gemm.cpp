@@ -114,7 +114,8 @@ void gemm_impl(const GemmArgs<T>& g, int nthreads) {
     const Range cols{panels.begin * NC, std::min(g.N, panels.end * NC)};
     for (int64_t k0 = 0; k0 < g.K; k0 += kBlockK) {
       const int64_t kn = std::min(kBlockK, g.K - k0);
-      const ColumnPanels<T, NV> packed(cols, kn, [&](int64_t k, int64_t c) { return g.b[(k0 + k) * g.sb_k + c * g.sb_n]; });
+      const ColumnPanels<T, NV> packed(cols, kn, [&](int64_t k, int64_t c) { return g.b[(k0 + k) * g.sb_k + c * g.sb_n]; },
+                                       /*by_column=*/g.sb_k == 1 && g.sb_n != 1);
       for (int64_t m_block = rows.begin; m_block < rows.end; m_block += kBlockM) {
         const int64_t m_end = std::min(rows.end, m_block + kBlockM);
         for (int64_t p = 0; p < packed.count; ++p) {

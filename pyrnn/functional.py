@@ -52,20 +52,20 @@ def layer_direction(
             bias = torch.cat([w.b_ih[: 2 * H] + w.b_hh[: 2 * H], w.b_ih[2 * H :]])
             b_hn = w.b_hh[2 * H :]
         gx = _input_projection(x, w.w_ih, bias)  # [N, 3H]
-        y, h_n, *_ = ops.gru_layer(gx, w.w_hh, b_hn, h0, batch_sizes, reverse, save)
+        y, h_n, *_ = ops.apply(ops.gru_layer, gx, w.w_hh, b_hn, h0, batch_sizes, reverse, save)
         return y, h_n, None
     bias = None if w.b_ih is None else w.b_ih + w.b_hh
     gx = _input_projection(x, w.w_ih, bias)  # [N, G*H]
     if mode == "LSTM":
-        y, h_n, c_n, *_ = ops.lstm_layer(gx, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse, save)
+        y, h_n, c_n, *_ = ops.apply(ops.lstm_layer, gx, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse, save)
         return y, h_n, c_n
-    y, h_n, _ = ops.rnn_layer(gx, w.w_hh, h0, batch_sizes, reverse, mode == "RNN_RELU", save)
+    y, h_n, _ = ops.apply(ops.rnn_layer, gx, w.w_hh, h0, batch_sizes, reverse, mode == "RNN_RELU", save)
     return y, h_n, None
 
 
 def _input_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
     # x: [N, I] -> [N, G*H], one GEMM over all steps (and its backward: dx, dW_ih) in pyrnn's GEMM.
-    return ops.linear(x, w_ih, bias)
+    return ops.apply(ops.linear, x, w_ih, bias)
 
 
 def recurrence(

@@ -178,8 +178,7 @@ def _require_workspace(ws: Tensor, rows: int, op: str) -> None:
 # ----------------------------------------------------------------------------------------------------- GEMM
 
 
-@torch.library.custom_op("pyrnn::gemm", mutates_args=())
-def gemm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def _gemm_impl(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """a [M, K] @ b [K, N] (+ bias [N]): pyrnn's GEMM for CPU float32/float64 with at least 32 rows (transposed
     views are read in place, no copy), torch's otherwise."""
     _check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0], f"gemm: bad shapes {a.shape} @ {b.shape}")
@@ -209,15 +208,20 @@ def gemm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     return out
 
 
+gemm = torch.library.custom_op("pyrnn::gemm", _gemm_impl, mutates_args=())
+
+
 @gemm.register_fake
 def _(a, b, bias=None):
     return a.new_empty(a.shape[0], b.shape[1])
 
 
-@torch.library.custom_op("pyrnn::linear", mutates_args=())
-def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def _linear_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """x [N, I] @ weight [O, I]^T + bias [O]: the input projection of all steps at once."""
-    return gemm(x, weight.t(), bias)
+    return _gemm_impl(x, weight.t(), bias)
+
+
+linear = torch.library.custom_op("pyrnn::linear", _linear_impl, mutates_args=())
 
 
 @linear.register_fake
@@ -233,8 +237,8 @@ def _linear_setup_context(ctx, inputs, output):
 
 def _linear_backward(ctx, grad):
     x, weight = ctx.saved_tensors
-    dx = gemm(grad, weight) if ctx.needs_input_grad[0] else None  # [N, O] @ [O, I]
-    dw = gemm(grad.t(), x) if ctx.needs_input_grad[1] else None  # [O, N] @ [N, I]
+    dx = _call(gemm, grad, weight) if ctx.needs_input_grad[0] else None  # [N, O] @ [O, I]
+    dw = _call(gemm, grad.t(), x) if ctx.needs_input_grad[1] else None  # [O, N] @ [N, I]
     db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
     return dx, dw, db
 
@@ -245,8 +249,7 @@ linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 # ----------------------------------------------------------------------------------------------------- LSTM
 
 
-@torch.library.custom_op("pyrnn::lstm_layer", mutates_args=())
-def lstm_layer(
+def _lstm_layer_impl(
     gx: Tensor,
     w_hh: Tensor,
     w_hr: Optional[Tensor],
@@ -285,6 +288,9 @@ def lstm_layer(
     return y, h_n, c_n, cell, proj_in, gates, h_prev
 
 
+lstm_layer = torch.library.custom_op("pyrnn::lstm_layer", _lstm_layer_impl, mutates_args=())
+
+
 @lstm_layer.register_fake
 def _(gx, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace):
     N, H, B = gx.shape[0], w_hh.shape[0] // 4, h0.shape[0]
@@ -301,8 +307,7 @@ def _(gx, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace):
     )
 
 
-@torch.library.custom_op("pyrnn::lstm_layer_backward", mutates_args=())
-def lstm_layer_backward(
+def _lstm_layer_backward_impl(
     dy: Tensor,
     dh_n: Tensor,
     dc_n: Tensor,
@@ -349,6 +354,9 @@ def lstm_layer_backward(
     return d_gates, dh0, dc0, dh_total
 
 
+lstm_layer_backward = torch.library.custom_op("pyrnn::lstm_layer_backward", _lstm_layer_backward_impl, mutates_args=())
+
+
 @lstm_layer_backward.register_fake
 def _(dy, dh_n, dc_n, w_hh, w_hr, c0, batch_sizes, reverse, cell, proj_in, gates):
     N, H, B = dy.shape[0], w_hh.shape[0] // 4, dh_n.shape[0]
@@ -376,11 +384,11 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, *_workspace_grads):
     dy = _zeros_if_none(dy, cell.new_empty(N, Hin))
     dh_n = _zeros_if_none(dh_n, c0.new_empty(B, Hin))
     dc_n = _zeros_if_none(dc_n, c0)
-    d_gates, dh0, dc0, dh_total = lstm_layer_backward(
-        dy, dh_n, dc_n, w_hh, w_hr, c0, batch_sizes, ctx.reverse, cell, proj_in, gates
+    d_gates, dh0, dc0, dh_total = _call(
+        lstm_layer_backward, dy, dh_n, dc_n, w_hh, w_hr, c0, batch_sizes, ctx.reverse, cell, proj_in, gates
     )
-    dw_hh = gemm(d_gates.t(), h_prev)  # [4H, Hin]: sum over all steps at once
-    dw_hr = None if w_hr is None else gemm(dh_total.t(), proj_in)  # [P, H]
+    dw_hh = _call(gemm, d_gates.t(), h_prev)  # [4H, Hin]: sum over all steps at once
+    dw_hr = None if w_hr is None else _call(gemm, dh_total.t(), proj_in)  # [P, H]
     return d_gates, dw_hh, dw_hr, dh0, dc0, None, None, None
 
 
@@ -390,8 +398,7 @@ lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
 # ------------------------------------------------------------------------------------------------------ GRU
 
 
-@torch.library.custom_op("pyrnn::gru_layer", mutates_args=())
-def gru_layer(
+def _gru_layer_impl(
     gx: Tensor,
     w_hh: Tensor,
     b_hn: Optional[Tensor],
@@ -425,6 +432,9 @@ def gru_layer(
     return y, h_n, gates, gh_n, h_prev
 
 
+gru_layer = torch.library.custom_op("pyrnn::gru_layer", _gru_layer_impl, mutates_args=())
+
+
 @gru_layer.register_fake
 def _(gx, w_hh, b_hn, h0, batch_sizes, reverse, save_workspace):
     N, H, B = gx.shape[0], w_hh.shape[0] // 3, h0.shape[0]
@@ -432,8 +442,7 @@ def _(gx, w_hh, b_hn, h0, batch_sizes, reverse, save_workspace):
     return gx.new_empty(N, H), gx.new_empty(B, H), ws(N, 3 * H), ws(N, H), ws(N, H)
 
 
-@torch.library.custom_op("pyrnn::gru_layer_backward", mutates_args=())
-def gru_layer_backward(
+def _gru_layer_backward_impl(
     dy: Tensor,
     dh_n: Tensor,
     w_hh: Tensor,
@@ -467,6 +476,9 @@ def gru_layer_backward(
     return d_gates, d_gates_h, dh0
 
 
+gru_layer_backward = torch.library.custom_op("pyrnn::gru_layer_backward", _gru_layer_backward_impl, mutates_args=())
+
+
 @gru_layer_backward.register_fake
 def _(dy, dh_n, w_hh, batch_sizes, reverse, gates, gh_n, h_prev):
     N, H, B = dy.shape[0], w_hh.shape[0] // 3, dh_n.shape[0]
@@ -487,8 +499,8 @@ def _gru_backward(ctx, dy, dh_n, *_workspace_grads):
     H = w_hh.shape[0] // 3
     dy = _zeros_if_none(dy, gates.new_empty(gates.shape[0], H))
     dh_n = _zeros_if_none(dh_n, h0)
-    d_gates, d_gates_h, dh0 = gru_layer_backward(dy, dh_n, w_hh, batch_sizes, ctx.reverse, gates, gh_n, h_prev)
-    dw_hh = gemm(d_gates_h.t(), h_prev)  # [3H, H]
+    d_gates, d_gates_h, dh0 = _call(gru_layer_backward, dy, dh_n, w_hh, batch_sizes, ctx.reverse, gates, gh_n, h_prev)
+    dw_hh = _call(gemm, d_gates_h.t(), h_prev)  # [3H, H]
     db_hn = d_gates_h[:, 2 * H :].sum(0) if ctx.has_b_hn else None
     return d_gates, dw_hh, db_hn, dh0, None, None, None
 
@@ -499,8 +511,7 @@ gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup_context)
 # ------------------------------------------------------------------------------------------------------ RNN
 
 
-@torch.library.custom_op("pyrnn::rnn_layer", mutates_args=())
-def rnn_layer(
+def _rnn_layer_impl(
     gx: Tensor,
     w_hh: Tensor,
     h0: Tensor,
@@ -531,14 +542,16 @@ def rnn_layer(
     return y, h_n, h_prev
 
 
+rnn_layer = torch.library.custom_op("pyrnn::rnn_layer", _rnn_layer_impl, mutates_args=())
+
+
 @rnn_layer.register_fake
 def _(gx, w_hh, h0, batch_sizes, reverse, relu, save_workspace):
     N, H, B = gx.shape[0], w_hh.shape[0], h0.shape[0]
     return gx.new_empty(N, H), gx.new_empty(B, H), gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
 
 
-@torch.library.custom_op("pyrnn::rnn_layer_backward", mutates_args=())
-def rnn_layer_backward(
+def _rnn_layer_backward_impl(
     dy: Tensor,
     dh_n: Tensor,
     w_hh: Tensor,
@@ -569,6 +582,9 @@ def rnn_layer_backward(
     return d_gates, dh0
 
 
+rnn_layer_backward = torch.library.custom_op("pyrnn::rnn_layer_backward", _rnn_layer_backward_impl, mutates_args=())
+
+
 @rnn_layer_backward.register_fake
 def _(dy, dh_n, w_hh, y, batch_sizes, reverse, relu):
     return dy.new_empty(dy.shape[0], w_hh.shape[0]), dy.new_empty(dh_n.shape)
@@ -587,9 +603,66 @@ def _rnn_backward(ctx, dy, dh_n, _h_prev_grad):
     _require_workspace(h_prev, y.shape[0], "rnn_layer")
     dy = _zeros_if_none(dy, y)
     dh_n = _zeros_if_none(dh_n, h0)
-    d_gates, dh0 = rnn_layer_backward(dy, dh_n, w_hh, y, batch_sizes, ctx.reverse, ctx.relu)
-    dw_hh = gemm(d_gates.t(), h_prev)  # [H, H]
+    d_gates, dh0 = _call(rnn_layer_backward, dy, dh_n, w_hh, y, batch_sizes, ctx.reverse, ctx.relu)
+    dw_hh = _call(gemm, d_gates.t(), h_prev)  # [H, H]
     return d_gates, dw_hh, dh0, None, None, None, None
 
 
 rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
+
+
+# ------------------------------------------------------------------------------------------- eager calls
+#
+# A call through a custom op crosses the dispatcher twice (autograd, then the CPU kernel) and Dynamo's
+# disable wrapper: ~40 us per op, several ops per layer, which made a whole RNNCell training step 2-3x the
+# cost of its kernels. In plain eager mode on plain tensors the same implementation, setup_context and backward
+# run through an autograd.Function instead; anything that needs the registered ops (torch.compile, tracing,
+# fake or functional tensors, functorch transforms, dispatch or function modes) still gets them.
+
+_PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def _plain(args) -> bool:
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
+            or torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()):
+        return False
+    return all(type(a) in _PLAIN_TENSOR_TYPES for a in args if isinstance(a, Tensor))
+
+
+def _eager_function(op, impl, setup_context, backward) -> type:
+    def forward(ctx, *args):
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    name = "Eager_" + op._name.replace("::", "_")
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+_IMPLS = {
+    gemm: _gemm_impl,
+    lstm_layer_backward: _lstm_layer_backward_impl,
+    gru_layer_backward: _gru_layer_backward_impl,
+    rnn_layer_backward: _rnn_layer_backward_impl,
+}
+_EAGER = {
+    linear: _eager_function(linear, _linear_impl, _linear_setup_context, _linear_backward),
+    lstm_layer: _eager_function(lstm_layer, _lstm_layer_impl, _lstm_setup_context, _lstm_backward),
+    gru_layer: _eager_function(gru_layer, _gru_layer_impl, _gru_setup_context, _gru_backward),
+    rnn_layer: _eager_function(rnn_layer, _rnn_layer_impl, _rnn_setup_context, _rnn_backward),
+}
+
+
+def _call(op, *args):
+    """Runs a backward-side op: its implementation directly in plain eager mode, the registered op otherwise
+    (and under create_graph=True, where the registered ops say clearly that no double backward exists)."""
+    return (_IMPLS[op] if not torch.is_grad_enabled() and _plain(args) else op)(*args)
+
+
+def apply(op, *args):
+    """Runs a differentiable pyrnn op (linear, lstm_layer, gru_layer, rnn_layer) with positional arguments:
+    through its autograd.Function in plain eager mode, through the registered custom op otherwise. Same
+    implementation, same backward either way."""
+    if _plain(args):
+        return _EAGER[op].apply(*args)
+    return op(*args)

@@ -75,3 +75,51 @@ def test_double_backward_raises_clearly():
     (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="no autograd formula"):
         g.sum().backward()
+
+
+class _PassThroughMode(torch.overrides.TorchFunctionMode):
+    """Any active torch function mode sends pyrnn's calls through the registered custom ops."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def _graph_node_names(t: torch.Tensor) -> set:
+    names, todo, seen = set(), [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo.extend(next_fn for next_fn, _ in fn.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_eager_path_matches_registered_ops(cell):
+    """Plain eager calls skip the dispatcher through an autograd.Function; under a mode (as under
+    torch.compile or tracing) the same calls go through the custom ops. Both give identical results."""
+    torch.manual_seed(0)
+    kw = dict(proj_size=3) if cell == "LSTM" else {}
+    m = getattr(pyrnn, cell)(5, 7, num_layers=2, bidirectional=True, **kw).double()
+    x = torch.randn(6, 4, 5, dtype=torch.float64, requires_grad=True)
+    runs = []
+    for mode in (None, _PassThroughMode()):
+        m.zero_grad()
+        x.grad = None
+        if mode is None:
+            out, _ = m(x)
+        else:
+            with mode:
+                out, _ = m(x)
+        runs.append((_graph_node_names(out), out.detach()))
+        out.backward(torch.ones_like(out))
+        runs[-1] += ([x.grad.clone()] + [p.grad.clone() for p in m.parameters()],)
+    (eager_nodes, eager_out, eager_grads), (op_nodes, op_out, op_grads) = runs
+    layer = {"LSTM": "lstm_layer", "GRU": "gru_layer", "RNN": "rnn_layer"}[cell]
+    assert f"Eager_{layer}Backward" in eager_nodes and not any("GeneratedBackward" in n for n in eager_nodes)
+    assert any(f"pyrnn_{layer}" in n for n in op_nodes) and not any(n.startswith("Eager_") for n in op_nodes)
+    assert torch.equal(eager_out, op_out)
+    for a, b in zip(eager_grads, op_grads):
+        assert torch.equal(a, b)
