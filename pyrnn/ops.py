@@ -181,6 +181,11 @@ def _require_workspace(ws: Tensor, rows: int, op: str) -> None:
 def _gemm_impl(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """a [M, K] @ b [K, N] (+ bias [N]): pyrnn's GEMM for CPU float32/float64 with at least 32 rows (transposed
     views are read in place, no copy), torch's otherwise."""
+    return _gemm(a, b, bias, _empty)
+
+
+def _gemm(a: Tensor, b: Tensor, bias: Optional[Tensor], alloc) -> Tensor:
+    # alloc(like, M, N) gives the output buffer: _workspace for results only pyrnn consumes.
     _check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0], f"gemm: bad shapes {a.shape} @ {b.shape}")
     if a.dtype != b.dtype:  # torch's matmul words this
         raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_scalar_name(a)} and {_scalar_name(b)}")
@@ -197,7 +202,7 @@ def _gemm_impl(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     if b.stride(0) != 1 and b.stride(1) != 1:
         b = b.contiguous()
     bias = None if bias is None else bias.contiguous()
-    out = _empty(a, M, N)
+    out = alloc(a, M, N)
     spec = cpu_kernels().GemmSpec()
     spec.dtype, spec.nthreads = _KERNEL_DTYPES[a.dtype], torch.get_num_threads()
     spec.M, spec.N, spec.K = M, N, K
@@ -219,6 +224,12 @@ def _(a, b, bias=None):
 def _linear_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """x [N, I] @ weight [O, I]^T + bias [O]: the input projection of all steps at once."""
     return _gemm_impl(x, weight.t(), bias)
+
+
+def _projection_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    # _linear_impl for the eager path, where the result is the layer's own gx (consumed by its recurrence, never
+    # seen by the user): the [N, G*H] buffer comes from the workspace cache.
+    return _gemm(x, weight.t(), bias, _workspace)
 
 
 linear = torch.library.custom_op("pyrnn::linear", _linear_impl, mutates_args=())
@@ -646,7 +657,7 @@ _IMPLS = {
     rnn_layer_backward: _rnn_layer_backward_impl,
 }
 _EAGER = {
-    linear: _eager_function(linear, _linear_impl, _linear_setup_context, _linear_backward),
+    linear: _eager_function(linear, _projection_impl, _linear_setup_context, _linear_backward),
     lstm_layer: _eager_function(lstm_layer, _lstm_layer_impl, _lstm_setup_context, _lstm_backward),
     gru_layer: _eager_function(gru_layer, _gru_layer_impl, _gru_setup_context, _gru_backward),
     rnn_layer: _eager_function(rnn_layer, _rnn_layer_impl, _rnn_setup_context, _rnn_backward),
@@ -662,7 +673,8 @@ def _call(op, *args):
 def apply(op, *args):
     """Runs a differentiable pyrnn op (linear, lstm_layer, gru_layer, rnn_layer) with positional arguments:
     through its autograd.Function in plain eager mode, through the registered custom op otherwise. Same
-    implementation, same backward either way."""
+    implementation, same backward either way (except that an eager linear's result, a layer's gx, lives in
+    the workspace cache)."""
     if _plain(args):
         return _EAGER[op].apply(*args)
     return op(*args)
