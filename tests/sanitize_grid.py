@@ -36,4 +36,14 @@ for cell in (pyrnn.LSTMCell, pyrnn.GRUCell, pyrnn.RNNCell):
     c = cell(4, 7)
     out = c(torch.randn(2, 4, requires_grad=True))
     (out[0] if isinstance(out, tuple) else out).sum().backward()
+# Workspace-cache sized runs (buffers of 1 MiB and more): acquire, reuse, trim to a small cap, clear.
+pyrnn.set_workspace_cache_limit(8 << 20)
+for cls in (pyrnn.LSTM, pyrnn.GRU, pyrnn.RNN):
+    m = cls(64, 256)
+    for T in (40, 40, 60):
+        out, _ = m(torch.randn(T, 32, 64, requires_grad=True))
+        out.sum().backward()
+        count += 1
+pyrnn.empty_cache()
+assert pyrnn.workspace_cache_stats()["cached_bytes"] == 0
 print(f"sanitize grid: {count} layer runs clean under ASan/UBSan")
