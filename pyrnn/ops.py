@@ -97,46 +97,64 @@ def _gpu(backend: str):
     return triton_host
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise RuntimeError(f"pyrnn: {msg}")
+def _error(msg: str) -> RuntimeError:
+    return RuntimeError(f"pyrnn: {msg}")
 
 
+# The checks below build their messages only on failure: formatting ~15 messages per call up front cost more than
+# a cell's kernel at B=1.
 def _validate(gx: Tensor, gates: int, w_hh: Tensor, h0: Tensor, batch_sizes: Tensor, c0=None, w_hr=None, b_hn=None):
     """The kernels read raw pointers: every shape and dtype is checked here, before any is touched."""
-    _check(gx.dim() == 2 and w_hh.dim() == 2 and h0.dim() == 2, "gx, w_hh and h0 must be 2-D")
+    if not (gx.dim() == 2 and w_hh.dim() == 2 and h0.dim() == 2):
+        raise _error("gx, w_hh and h0 must be 2-D")
     H = w_hh.shape[0] // gates
     P = 0 if w_hr is None else w_hr.shape[0]
     Hin = P if P > 0 else H
-    _check(H > 0 and w_hh.shape[0] == gates * H, f"w_hh must have {gates}*H rows, got {tuple(w_hh.shape)}")
-    _check(w_hh.shape[1] == Hin, f"w_hh must be [{gates}*H, {Hin}], got {tuple(w_hh.shape)}")
-    _check(gx.shape[1] == gates * H, f"gx must be [N, {gates * H}], got {tuple(gx.shape)}")
-    _check(h0.shape[1] == Hin, f"h0 must be [B, {Hin}], got {tuple(h0.shape)}")
-    if w_hr is not None:
-        _check(w_hr.dim() == 2 and w_hr.shape[1] == H and 0 < P < H, f"w_hr must be [P, {H}] with P < H")
-    if c0 is not None:
-        _check(c0.shape == (h0.shape[0], H), f"c0 must be [{h0.shape[0]}, {H}], got {tuple(c0.shape)}")
-    if b_hn is not None:
-        _check(b_hn.shape == (H,), f"b_hn must be [{H}], got {tuple(b_hn.shape)}")
+    if not (H > 0 and w_hh.shape[0] == gates * H):
+        raise _error(f"w_hh must have {gates}*H rows, got {tuple(w_hh.shape)}")
+    if w_hh.shape[1] != Hin:
+        raise _error(f"w_hh must be [{gates}*H, {Hin}], got {tuple(w_hh.shape)}")
+    if gx.shape[1] != gates * H:
+        raise _error(f"gx must be [N, {gates * H}], got {tuple(gx.shape)}")
+    if h0.shape[1] != Hin:
+        raise _error(f"h0 must be [B, {Hin}], got {tuple(h0.shape)}")
+    if w_hr is not None and not (w_hr.dim() == 2 and w_hr.shape[1] == H and 0 < P < H):
+        raise _error(f"w_hr must be [P, {H}] with P < H")
+    if c0 is not None and c0.shape != (h0.shape[0], H):
+        raise _error(f"c0 must be [{h0.shape[0]}, {H}], got {tuple(c0.shape)}")
+    if b_hn is not None and b_hn.shape != (H,):
+        raise _error(f"b_hn must be [{H}], got {tuple(b_hn.shape)}")
+    dtype, device = gx.dtype, gx.device
     for name, t in (("w_hh", w_hh), ("h0", h0), ("c0", c0), ("w_hr", w_hr), ("b_hn", b_hn)):
         if t is not None:
-            _check(t.dtype == gx.dtype, f"Expected {name} dtype {gx.dtype}, got {t.dtype}")
-            _check(t.device == gx.device, f"Expected {name} on {gx.device}, got {t.device}")
-    _check(batch_sizes.dim() == 1 and batch_sizes.numel() > 0, "batch_sizes must be a non-empty 1-D tensor")
+            if t.dtype != dtype:
+                raise _error(f"Expected {name} dtype {dtype}, got {t.dtype}")
+            if t.device != device:
+                raise _error(f"Expected {name} on {device}, got {t.device}")
+    if not (batch_sizes.dim() == 1 and batch_sizes.numel() > 0):
+        raise _error("batch_sizes must be a non-empty 1-D tensor")
     bs = batch_sizes.tolist()
-    _check(bs[0] == h0.shape[0], f"batch_sizes[0] ({bs[0]}) must equal the batch of h0 ({h0.shape[0]})")
-    _check(all(a >= b >= 0 for a, b in zip(bs, bs[1:])) and bs[-1] >= 0, "batch_sizes must be non-increasing")
-    _check(sum(bs) == gx.shape[0], f"batch_sizes sum to {sum(bs)} but gx has {gx.shape[0]} rows")
+    if bs[0] != h0.shape[0]:
+        raise _error(f"batch_sizes[0] ({bs[0]}) must equal the batch of h0 ({h0.shape[0]})")
+    if bs[-1] < 0 or sorted(bs, reverse=True) != bs:
+        raise _error("batch_sizes must be non-increasing")
+    if sum(bs) != gx.shape[0]:
+        raise _error(f"batch_sizes sum to {sum(bs)} but gx has {gx.shape[0]} rows")
 
 
 def _validate_backward(dy: Tensor, dh_n: Tensor, batch_sizes: Tensor, rows: int, Hin: int, workspace: dict):
     N = int(batch_sizes.sum())
-    _check(dy.shape == (N, Hin), f"dy must be [{N}, {Hin}], got {tuple(dy.shape)}")
-    _check(dh_n.dim() == 2 and dh_n.shape[1] == Hin, f"dh_n must be [B, {Hin}], got {tuple(dh_n.shape)}")
-    _check(batch_sizes.numel() == 0 or int(batch_sizes[0]) == dh_n.shape[0], "dh_n batch must be batch_sizes[0]")
+    if dy.shape != (N, Hin):
+        raise _error(f"dy must be [{N}, {Hin}], got {tuple(dy.shape)}")
+    if not (dh_n.dim() == 2 and dh_n.shape[1] == Hin):
+        raise _error(f"dh_n must be [B, {Hin}], got {tuple(dh_n.shape)}")
+    if batch_sizes.numel() != 0 and int(batch_sizes[0]) != dh_n.shape[0]:
+        raise _error("dh_n batch must be batch_sizes[0]")
     for name, (t, shape) in workspace.items():
-        _check(t.numel() == 0 and rows == 0 or tuple(t.shape) == shape, f"{name} must be {shape}, got {tuple(t.shape)}")
-        _check(t.dtype == dy.dtype, f"Expected {name} dtype {dy.dtype}, got {t.dtype}")
+        if not (t.numel() == 0 and rows == 0 or tuple(t.shape) == shape):
+            raise _error(f"{name} must be {shape}, got {tuple(t.shape)}")
+        if t.dtype != dy.dtype:
+            raise _error(f"Expected {name} dtype {dy.dtype}, got {t.dtype}")
 
 
 def _args(gx: Tensor, batch_sizes: Tensor, B: int, H: int, P: int, reverse: bool):
@@ -186,17 +204,20 @@ def _gemm_impl(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
 
 def _gemm(a: Tensor, b: Tensor, bias: Optional[Tensor], alloc) -> Tensor:
     # alloc(like, M, N) gives the output buffer: _workspace for results only pyrnn consumes.
-    _check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0], f"gemm: bad shapes {a.shape} @ {b.shape}")
+    if not (a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0]):
+        raise _error(f"gemm: bad shapes {a.shape} @ {b.shape}")
     if a.dtype != b.dtype:  # torch's matmul words this
         raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_scalar_name(a)} and {_scalar_name(b)}")
-    _check(bias is None or bias.dtype == a.dtype, "gemm: bias dtype differs")
+    if bias is not None and bias.dtype != a.dtype:
+        raise _error("gemm: bias dtype differs")
     M, K, N = a.shape[0], a.shape[1], b.shape[1]
     if (a.device.type != "cpu" or a.dtype not in _KERNEL_DTYPES or _backend.get_backend() not in ("auto", "cpu")
             or M < 32):
         # GPUs (and the Triton tests) use torch's GEMM: cuBLAS runs these shapes near peak. So do a few rows
         # (cells, tiny batches): pyrnn's GEMM packs all of B per call, which only pays over many rows.
         return torch.addmm(bias, a, b) if bias is not None else a.mm(b)
-    _check(bias is None or bias.shape == (N,), f"gemm: bias must be [{N}]")
+    if bias is not None and bias.shape != (N,):
+        raise _error(f"gemm: bias must be [{N}]")
     if a.stride(0) != 1 and a.stride(1) != 1:
         a = a.contiguous()
     if b.stride(0) != 1 and b.stride(1) != 1:
