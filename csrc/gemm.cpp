@@ -112,10 +112,16 @@ void gemm_impl(const GemmArgs<T>& g, int nthreads) {
     const Range rows = split_cols ? Range{0, g.M} : split(g.M, tid, nt, rows_for(NV));
     if (panels.begin >= panels.end || rows.begin >= rows.end) return;
     const Range cols{panels.begin * NC, std::min(g.N, panels.end * NC)};
+    // One panel buffer per thread for all K blocks (a fresh 256 KiB buffer per block, mmap'd and faulted in
+    // each time, halved the speed of the weight-gradient GEMMs, whose K is all the steps).
+    ColumnPanels<T, NV> packed(cols, std::min(kBlockK, g.K));
     for (int64_t k0 = 0; k0 < g.K; k0 += kBlockK) {
       const int64_t kn = std::min(kBlockK, g.K - k0);
-      const ColumnPanels<T, NV> packed(cols, kn, [&](int64_t k, int64_t c) { return g.b[(k0 + k) * g.sb_k + c * g.sb_n]; },
-                                       /*by_column=*/g.sb_k == 1 && g.sb_n != 1);
+      if (g.sb_n == 1)
+        packed.pack_rows(kn, g.b + k0 * g.sb_k, g.sb_k);
+      else
+        packed.pack(kn, [&](int64_t k, int64_t c) { return g.b[(k0 + k) * g.sb_k + c * g.sb_n]; },
+                    /*by_column=*/g.sb_k == 1);
       for (int64_t m_block = rows.begin; m_block < rows.end; m_block += kBlockM) {
         const int64_t m_end = std::min(rows.end, m_block + kBlockM);
         for (int64_t p = 0; p < packed.count; ++p) {

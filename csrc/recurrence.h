@@ -271,7 +271,7 @@ struct UnitSplit {
   }
 };
 
-// Plain column panels over [cols.begin, cols.end), packed once per call: NV vectors wide, the last one only
+// Plain column panels over [cols.begin, cols.end), packed once per call (or per K block): NV vectors wide, the last one only
 // as wide as the columns left (so a thread owning 32 columns does not run 64-wide tiles).
 template <typename T, int NV>
 struct ColumnPanels {
@@ -280,8 +280,36 @@ struct ColumnPanels {
   int64_t K, count;
   Scratch<T> data;
   template <typename ColValue>
-  ColumnPanels(Range c, int64_t k, ColValue col_value, bool by_column = false)
-      : cols(c), K(k), count(c.end > c.begin ? (c.end - c.begin + NC - 1) / NC : 0), data(count * k * NC) {
+  ColumnPanels(Range c, int64_t k, ColValue col_value, bool by_column = false) : ColumnPanels(c, k) {
+    pack(k, col_value, by_column);
+  }
+  // Room for depth up to max_k, packed later (and again) by pack(): a GEMM walking K in blocks reuses one
+  // buffer instead of allocating (and page-faulting) a fresh one per block.
+  ColumnPanels(Range c, int64_t max_k)
+      : cols(c), K(max_k), count(c.end > c.begin ? (c.end - c.begin + NC - 1) / NC : 0), data(count * max_k * NC) {}
+  // pack() for a row-major source (element (k, c) at rows[k * ld + c]): whole vectors per row, the one place
+  // where packing cost shows (weight gradients: few output rows reuse each packed element, 20% of the time).
+  void pack_rows(int64_t k, const T* rows, int64_t ld) {
+    K = k;
+    for (int64_t p = 0; p < count; ++p) {
+      T* out = data.data + p * K * NC;
+      const int64_t c0 = first_col(p);
+      const int64_t left = cols.end - c0;
+      const int nv = width(p);  // a narrow last panel is packed nv vectors wide, as pack_panel<T, nv> does
+      for (int64_t kk = 0; kk < K; ++kk) {
+        const T* src = rows + kk * ld + c0;
+        T* dst = out + kk * nv * W;
+        for (int v = 0; v < nv; ++v) {
+          const int64_t c = int64_t{v} * W;
+          const int cnt = c >= left ? 0 : static_cast<int>(std::min<int64_t>(W, left - c));
+          vstore(dst + c, cnt > 0 ? vload(src + c, cnt) : Vec<T>{});
+        }
+      }
+    }
+  }
+  template <typename ColValue>
+  void pack(int64_t k, ColValue col_value, bool by_column = false) {
+    K = k;
     for (int64_t p = 0; p < count; ++p) {
       T* out = data.data + p * K * NC;
       switch (width(p)) {

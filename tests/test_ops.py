@@ -123,3 +123,19 @@ def test_eager_path_matches_registered_ops(cell):
     assert torch.equal(eager_out, op_out)
     for a, b in zip(eager_grads, op_grads):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("a_t", [False, True])
+@pytest.mark.parametrize("b_t", [False, True])
+def test_gemm_matches_torch(dtype, a_t, b_t):
+    """pyrnn's GEMM (>= 32 rows) on shapes that hit every panel width, several K blocks, row-major and
+    transposed operands (packed by row, by column, or in place), with and without bias."""
+    g = torch.Generator().manual_seed(0)
+    for M, K, N in [(32, 1, 1), (33, 7, 17), (64, 300, 100), (97, 513, 33), (40, 256, 200), (200, 65, 64)]:
+        a = torch.randn(K, M, dtype=dtype, generator=g).t() if a_t else torch.randn(M, K, dtype=dtype, generator=g)
+        b = torch.randn(N, K, dtype=dtype, generator=g).t() if b_t else torch.randn(K, N, dtype=dtype, generator=g)
+        bias = torch.randn(N, dtype=dtype, generator=g)
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ops.gemm(a, b), a @ b, **tol)
+        torch.testing.assert_close(ops.gemm(a, b, bias), torch.addmm(bias, a, b), **tol)
