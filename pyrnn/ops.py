@@ -10,6 +10,10 @@ whose autograd handles W_ih, b_ih and x) and runs the recurrence in pyrnn's own 
 The forward also returns the workspace its backward needs (empty tensors when save_workspace is False,
 i.e. in inference). The backward is a custom op too, so torch.compile and opcheck see both as opaque ops;
 the weight gradients are single GEMMs over all steps (pyrnn::gemm on the CPU, torch's on GPUs).
+
+Callers go through apply(op, *args): in plain eager mode it runs the op's implementation, setup_context and
+backward through an autograd.Function (no dispatcher round trips), otherwise the registered custom op.
+Large CPU workspaces come from pyrnn's workspace cache (_workspace), large outputs are huge-page advised.
 """
 
 from __future__ import annotations
