@@ -119,9 +119,10 @@ void gemm_impl(const GemmArgs<T>& g, int nthreads) {
       const int64_t kn = std::min(kBlockK, g.K - k0);
       if (g.sb_n == 1)
         packed.pack_rows(kn, g.b + k0 * g.sb_k, g.sb_k);
+      else if (g.sb_k == 1)
+        packed.pack_columns(kn, [&](int64_t c) { return g.b + k0 + c * g.sb_n; });
       else
-        packed.pack(kn, [&](int64_t k, int64_t c) { return g.b[(k0 + k) * g.sb_k + c * g.sb_n]; },
-                    /*by_column=*/g.sb_k == 1);
+        packed.pack(kn, [&](int64_t k, int64_t c) { return g.b[(k0 + k) * g.sb_k + c * g.sb_n]; });
       for (int64_t m_block = rows.begin; m_block < rows.end; m_block += kBlockM) {
         const int64_t m_end = std::min(rows.end, m_block + kBlockM);
         for (int64_t p = 0; p < packed.count; ++p) {

@@ -44,6 +44,19 @@ struct Scratch {  // zero-filled heap array
   const T& operator[](int64_t i) const { return data[i]; }
 };
 
+// Uninitialised heap array for packed weight panels (the packing writes every element; zero-filling first
+// was ~15 us of a 33 us single step). Plain new[]: glibc's per-thread arenas hand each thread back the
+// memory it used last call, still in its own cache (a shared cache of buffers made a 2 MiB panel buffer
+// migrate between the two cores' caches and a single step 2.5x slower).
+template <typename T>
+struct PanelBuffer {
+  T* data;
+  explicit PanelBuffer(int64_t n) : data(new T[n > 0 ? n : 1]) {}
+  ~PanelBuffer() { delete[] data; }
+  PanelBuffer(const PanelBuffer&) = delete;
+  PanelBuffer& operator=(const PanelBuffer&) = delete;
+};
+
 template <typename T>
 inline void copy_row(const T* src, int64_t n, T* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
@@ -230,23 +243,36 @@ constexpr int rows_for(int nv) {
 constexpr int kPlainNV = kVecRegs >= 32 ? 4 : 2;
 
 // Packs columns [c0, c0 + NV*W) of a K-deep weight into panel[k][NV*W], zero past `c_end`.
-// col_value(k, c) reads the unpacked weight. by_column walks the source one column at a time (k fastest): for
-// sources whose columns are contiguous in k (W^T of a row-major W), where reading NV*W rows at every k defeats
-// the prefetchers (packing a 4 MiB W^T took 2x the GEMM of 32 rows it served).
+// col_value(k, c) reads the unpacked weight.
 template <typename T, int NV, typename ColValue>
-inline void pack_panel(T* panel, int64_t K, int64_t c0, int64_t c_end, ColValue col_value, bool by_column = false) {
+inline void pack_panel(T* panel, int64_t K, int64_t c0, int64_t c_end, ColValue col_value) {
   constexpr int NC = NV * Simd<T>::W;
-  if (by_column) {
-    for (int c = 0; c < NC; ++c) {
-      if (c0 + c < c_end)
-        for (int64_t k = 0; k < K; ++k) panel[k * NC + c] = col_value(k, c0 + c);
-      else
-        for (int64_t k = 0; k < K; ++k) panel[k * NC + c] = T(0);
-    }
-    return;
-  }
   for (int64_t k = 0; k < K; ++k)
     for (int c = 0; c < NC; ++c) panel[k * NC + c] = c0 + c < c_end ? col_value(k, c0 + c) : T(0);
+}
+
+// The same panel from a source whose columns are contiguous in k (W^T of a row-major W: the input
+// projection's and the forward's weights): col_ptr(c) points at column c's K values, or is null for a zero
+// column. W columns at a time, W x W blocks are loaded as rows and transposed in registers, so reads and
+// writes are whole vectors (element-wise packing cost ~2.3 cycles per weight: ~150 us of a 180 us LSTM
+// step at B=8, H=256 on one thread).
+template <typename T, int NV, typename ColPtr>
+inline void pack_panel_columns(T* panel, int64_t K, int64_t c0, int64_t c_end, ColPtr col_ptr) {
+  constexpr int W = Simd<T>::W, NC = NV * W;
+  for (int v = 0; v < NV; ++v) {
+    const T* src[W];
+    for (int j = 0; j < W; ++j) {
+      const int64_t c = c0 + v * W + j;
+      src[j] = c < c_end ? col_ptr(c) : nullptr;
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += W) {
+      const int cnt = static_cast<int>(std::min<int64_t>(W, K - k0));
+      Vec<T> block[W];
+      for (int j = 0; j < W; ++j) block[j] = src[j] ? vload(src[j] + k0, cnt) : Vec<T>{};
+      transpose_block<T>(block);
+      for (int kk = 0; kk < cnt; ++kk) vstore(panel + (k0 + kk) * NC + v * W, block[kk]);
+    }
+  }
 }
 
 // Threads worth using for a per-step GEMM of this many multiply-adds: the barrier costs ~1 us per step.
@@ -278,13 +304,9 @@ struct ColumnPanels {
   static constexpr int W = Simd<T>::W, NC = NV * W;
   Range cols;
   int64_t K, count;
-  Scratch<T> data;
-  template <typename ColValue>
-  ColumnPanels(Range c, int64_t k, ColValue col_value, bool by_column = false) : ColumnPanels(c, k) {
-    pack(k, col_value, by_column);
-  }
-  // Room for depth up to max_k, packed later (and again) by pack(): a GEMM walking K in blocks reuses one
-  // buffer instead of allocating (and page-faulting) a fresh one per block.
+  PanelBuffer<T> data;
+  // Room for depth up to max_k, packed (and repacked) by pack_rows / pack_columns / pack: a GEMM walking K in
+  // blocks reuses one buffer instead of allocating (and page-faulting) a fresh one per block.
   ColumnPanels(Range c, int64_t max_k)
       : cols(c), K(max_k), count(c.end > c.begin ? (c.end - c.begin + NC - 1) / NC : 0), data(count * max_k * NC) {}
   // pack() for a row-major source (element (k, c) at rows[k * ld + c]): whole vectors per row, the one place
@@ -307,16 +329,30 @@ struct ColumnPanels {
       }
     }
   }
-  template <typename ColValue>
-  void pack(int64_t k, ColValue col_value, bool by_column = false) {
+  // pack() for a source whose columns are contiguous in k (see pack_panel_columns).
+  template <typename ColPtr>
+  void pack_columns(int64_t k, ColPtr col_ptr) {
     K = k;
     for (int64_t p = 0; p < count; ++p) {
       T* out = data.data + p * K * NC;
       switch (width(p)) {
-        case 1: pack_panel<T, 1>(out, K, first_col(p), cols.end, col_value, by_column); break;
-        case 2: pack_panel<T, 2>(out, K, first_col(p), cols.end, col_value, by_column); break;
-        case 3: pack_panel<T, 3>(out, K, first_col(p), cols.end, col_value, by_column); break;
-        default: pack_panel<T, NV>(out, K, first_col(p), cols.end, col_value, by_column); break;
+        case 1: pack_panel_columns<T, 1>(out, K, first_col(p), cols.end, col_ptr); break;
+        case 2: pack_panel_columns<T, 2>(out, K, first_col(p), cols.end, col_ptr); break;
+        case 3: pack_panel_columns<T, 3>(out, K, first_col(p), cols.end, col_ptr); break;
+        default: pack_panel_columns<T, NV>(out, K, first_col(p), cols.end, col_ptr); break;
+      }
+    }
+  }
+  template <typename ColValue>
+  void pack(int64_t k, ColValue col_value) {
+    K = k;
+    for (int64_t p = 0; p < count; ++p) {
+      T* out = data.data + p * K * NC;
+      switch (width(p)) {
+        case 1: pack_panel<T, 1>(out, K, first_col(p), cols.end, col_value); break;
+        case 2: pack_panel<T, 2>(out, K, first_col(p), cols.end, col_value); break;
+        case 3: pack_panel<T, 3>(out, K, first_col(p), cols.end, col_value); break;
+        default: pack_panel<T, NV>(out, K, first_col(p), cols.end, col_value); break;
       }
     }
   }
@@ -339,10 +375,12 @@ struct ColumnPanels {
   }
 };
 
-// A single step (cells, T = 1) is not worth packing W_hh for: its gates are dot products of the state with
-// W_hh's rows as they lie, and its dh GEMM an axpy over them, on one thread.
+// A single step (cells, T = 1) of one or two rows, or a tiny one, is not worth packing W_hh for: its gates are
+// dot products of the state with W_hh's rows as they lie, and its dh GEMM an axpy over them, on one thread
+// (each row streams W_hh once). From 3-4 rows on, packing (whole-vector transposes) and splitting the units
+// over the threads wins: LSTM B=4 H=256 42 -> 29 us, B=32 134 -> 70 us.
 inline bool single_step_direct(const RecurrenceArgs& a, int64_t macs) {
-  return a.T == 1 && a.P == 0 && macs <= (int64_t{1} << 20);
+  return a.T == 1 && a.P == 0 && (a.B <= 2 || macs <= (int64_t{1} << 16));
 }
 
 template <typename T>
@@ -421,16 +459,16 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
     const Range state_cols = P > 0 ? proj_cols : units;
     // Gate-interleaved panels of this thread's units: panel[k][g*NU + nu][lane] = W_hh[g*H + unit, k].
     const int64_t my_panels = (units.end - units.begin + NPC - 1) / NPC;
-    Scratch<T> panels(my_panels * Hin * NV * W);
+    PanelBuffer<T> panels(my_panels * Hin * NV * W);
     for (int64_t p = 0; p < my_panels; ++p) {
       const int64_t u0 = units.begin + p * NPC;
-      pack_panel<T, NV>(panels.data + p * Hin * NV * W, Hin, 0, NV * W, [&](int64_t k, int64_t c) {
+      pack_panel_columns<T, NV>(panels.data + p * Hin * NV * W, Hin, 0, NV * W, [&](int64_t c) -> const T* {
         const int64_t g = c / NPC, unit = u0 + c % NPC;
-        return unit < units.end ? w_hh[(g * H + unit) * Hin + k] : T(0);
-      }, /*by_column=*/true);
+        return unit < units.end ? w_hh + (g * H + unit) * Hin : nullptr;
+      });
     }
-    ColumnPanels<T, kPlainNV> proj(proj_cols, P > 0 ? H : 0, [&](int64_t k, int64_t c) { return w_hr[c * H + k]; },
-                                   /*by_column=*/true);
+    ColumnPanels<T, kPlainNV> proj(proj_cols, P > 0 ? H : 0);
+    proj.pack_columns(P > 0 ? H : 0, [&](int64_t c) { return w_hr + c * H; });
 
     for (int64_t it = 0; it < a.T; ++it) {
       const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
@@ -539,8 +577,10 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     const Range units = UnitSplit<T, Cell>::units(H, tid, nt);
     // Columns of the dh GEMM: the thread's own units, or without that option (projection) a split of P.
     const Range in_cols = P > 0 ? split(P, tid, nt, W) : units;
-    ColumnPanels<T, NV> dh_panels(in_cols, GH, [&](int64_t r, int64_t c) { return w_hh[r * Hin + c]; });
-    ColumnPanels<T, NV> dm_panels(P > 0 ? units : Range{0, 0}, P, [&](int64_t p, int64_t j) { return w_hr[p * H + j]; });
+    ColumnPanels<T, NV> dh_panels(in_cols, GH);  // [g*H + unit][column] = W_hh as it lies: packed by rows
+    dh_panels.pack_rows(GH, w_hh, Hin);
+    ColumnPanels<T, NV> dm_panels(P > 0 ? units : Range{0, 0}, P);
+    dm_panels.pack_rows(P, w_hr, H);
 
     // Pointwise backward of iteration it for this thread's units (dh from dy + carry, or through W_hr^T).
     auto pointwise = [&](int64_t it) {

@@ -67,6 +67,30 @@ inline Vec<T> vbroadcast(T x) {
   return Vec<T>{} + x;
 }
 
+// Transposes the W x W block held in v[0..W) (v[i] = row i) in registers: log2(W) stages, each swapping the
+// off-diagonal S x S sub-blocks of row pairs (i, i + S) with two-source shuffles of constant masks.
+template <typename T, int S>
+inline void transpose_stage(Vec<T>* v) {
+  constexpr int W = Simd<T>::W;
+  using I = typename Simd<T>::I;
+  I lo, hi;
+  for (int l = 0; l < W; ++l) {
+    lo[l] = (l & S) ? W + l - S : l;
+    hi[l] = (l & S) ? W + l : l + S;
+  }
+  for (int i = 0; i < W; ++i) {
+    if (i & S) continue;
+    const Vec<T> a = v[i], b = v[i + S];
+    v[i] = __builtin_shuffle(a, b, lo);
+    v[i + S] = __builtin_shuffle(a, b, hi);
+  }
+  if constexpr (S > 1) transpose_stage<T, S / 2>(v);
+}
+template <typename T>
+inline void transpose_block(Vec<T>* v) {
+  if constexpr (Simd<T>::W > 1) transpose_stage<T, Simd<T>::W / 2>(v);
+}
+
 // exp for float lanes: Cody-Waite range reduction to r in [-ln2/2, ln2/2], degree-7 Taylor (error < 6e-9
 // relative), scaled by 2^n through the exponent bits. Overflow gives inf and underflow 0, as expf does (so
 // saturated gates have exactly zero derivative, and 0 * inf makes NaN where torch's does); NaN propagates.
@@ -95,14 +119,22 @@ inline Vec<float> vexp(Vec<float> x_in) {
   return x_in < -103.98f ? V{} : out;
 }
 
-inline Vec<float> vsigmoid(Vec<float> x) { return 1.0f / (1.0f + vexp(-x)); }
+// sigmoid from the negative side, r = e/(1+e) with e = exp(-|x|), and 1 - r for x > 0 (as oneDNN does): near
+// 1, 1/(1+e) rounds 1+e first and can land several ulps from the true value, which the backward's s(1-s) then
+// turns into a large relative error (33% on a saturated gate in the fuzz tests).
+inline Vec<float> vsigmoid(Vec<float> x) {
+  using V = Vec<float>;
+  const V e = vexp(x > 0.0f ? -x : x);
+  const V r = e / (1.0f + e);
+  return x > 0.0f ? 1.0f - r : r;
+}
 
-// tanh for float lanes: an odd Taylor polynomial near 0 (|x| < 0.5, error < 5e-9), else 1 - 2/(e^2|x| + 1).
+// tanh for float lanes: an odd Taylor polynomial near 0 (|x| < 0.5, error < 5e-9), else 1 - 2e/(1 + e), e = e^-2|x|.
 inline Vec<float> vtanh(Vec<float> x) {
   using V = Vec<float>;
   const V ax = x < 0.0f ? -x : x;
   const V e = vexp(-2.0f * ax);
-  const V big = (1.0f - e) / (1.0f + e);
+  const V big = 1.0f - 2.0f * e / (1.0f + e);  // rounds once near 1, unlike (1 - e) / (1 + e)
   const V x2 = x * x;
   V p = vbroadcast(-929569.0f / 638512875.0f);
   p = p * x2 + 21844.0f / 6081075.0f;
@@ -141,10 +173,15 @@ inline Vec<double> vexp(Vec<double> x_in) {
   return x_in < -745.1332191019412 ? V{} : out;
 }
 
-inline Vec<double> vsigmoid(Vec<double> x) { return 1.0 / (1.0 + vexp(-x)); }
+inline Vec<double> vsigmoid(Vec<double> x) {  // as the float version
+  using V = Vec<double>;
+  const V e = vexp(x > 0.0 ? -x : x);
+  const V r = e / (1.0 + e);
+  return x > 0.0 ? 1.0 - r : r;
+}
 
 // tanh for float64 lanes: the odd Taylor series through x^23 for |x| < 0.25 (terms shrink 40x each, error
-// ~1e-19), else 1 - 2/(e^2|x| + 1) through exp.
+// ~1e-19), else 1 - 2e/(1 + e), e = e^-2|x|, through exp.
 inline Vec<double> vtanh(Vec<double> x) {
   using V = Vec<double>;
   constexpr double kCoef[] = {9.691537956929451e-05, -0.00023912911424355248, 0.000590027440945586,
@@ -153,7 +190,7 @@ inline Vec<double> vtanh(Vec<double> x) {
                               -0.3333333333333333};  // x^21 ... x^3
   const V ax = x < 0.0 ? -x : x;
   const V e = vexp(-2.0 * ax);
-  const V big = (1.0 - e) / (1.0 + e);
+  const V big = 1.0 - 2.0 * e / (1.0 + e);
   const V x2 = x * x;
   V p = vbroadcast(-3.927832388331683e-05);  // x^23
   for (double c : kCoef) p = p * x2 + c;

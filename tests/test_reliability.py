@@ -3,6 +3,7 @@ and a missing extension."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import subprocess
@@ -83,6 +84,23 @@ def _make_input(T, B, I, layout, scale, kw, seed):
     return x * scale
 
 
+def _assert_as_accurate_as_torch(got, expected, exact, tol, what):
+    """got (pyrnn) must match expected (torch.nn, same dtype); where it does not, both are measured against
+    `exact` (torch.nn in float64 on the same weights and input), and pyrnn must be at least about as close
+    to it as torch.nn is. Saturated float32 gates (inputs up to 1e4) leave a few ulps of 1 - s in s(1 - s),
+    so two correct float32 implementations can differ by more than any fixed tolerance there; in every such
+    case found, pyrnn was the closer of the two."""
+    try:
+        torch.testing.assert_close(got, expected, **tol)
+    except AssertionError:
+        if exact is None:
+            raise
+        err_got = (got.double() - exact).abs().max().item()
+        err_torch = (expected.double() - exact).abs().max().item()
+        assert err_got <= max(tol["atol"], 2 * err_torch), (
+            f"{what}: pyrnn is {err_got:.3g} from the float64 result, torch.nn {err_torch:.3g}")
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(layer_cases())
 def test_fuzz_against_torch(case):
@@ -92,16 +110,20 @@ def test_fuzz_against_torch(case):
     x = _make_input(T, B, I, layout, scale, kw, seed)
     exp_out, exp_grads = _outputs_and_grads(ref, x, None, forbid=False)
     got_out, got_grads = _outputs_and_grads(ours, x, None, forbid=True)
-    tol = dict(rtol=1e-4, atol=1e-5) if kw["dtype"] == torch.float32 else dict(rtol=1e-7, atol=1e-9)
-    for g, e in zip(got_out, exp_out):
-        torch.testing.assert_close(g, e, **tol)
-    for g, e in zip(got_grads, exp_grads):
+    f32 = kw["dtype"] == torch.float32
+    tol = dict(rtol=1e-4, atol=1e-5) if f32 else dict(rtol=1e-7, atol=1e-9)
+    exact_out, exact_grads = [None] * len(exp_out), [None] * len(exp_grads)
+    if f32:
+        exact_out, exact_grads = _outputs_and_grads(copy.deepcopy(ref).double(), x.double(), None, forbid=False)
+    for i, (g, e, t) in enumerate(zip(got_out, exp_out, exact_out)):
+        _assert_as_accurate_as_torch(g, e, t, tol, f"output {i}")
+    for i, (g, e, t) in enumerate(zip(got_grads, exp_grads, exact_grads)):
         if e is None:
             assert g is None or not g.any()
         else:
             # large activations saturate; compare gradients relative to their own scale
             scale = (e.abs().max() if e.numel() else 0) + 1
-            torch.testing.assert_close(g / scale, e / scale, **tol)
+            _assert_as_accurate_as_torch(g / scale, e / scale, None if t is None else t / scale, tol, f"gradient {i}")
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
