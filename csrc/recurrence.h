@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "recurrence_args.h"
 #include "simd.h"
@@ -297,8 +298,8 @@ struct UnitSplit {
   }
 };
 
-// Plain column panels over [cols.begin, cols.end), packed once per call (or per K block): NV vectors wide, the last one only
-// as wide as the columns left (so a thread owning 32 columns does not run 64-wide tiles).
+// Plain column panels over [cols.begin, cols.end), packed once per call (or per K block): NV vectors wide, the
+// last one only as wide as the columns left (so a thread owning 32 columns does not run 64-wide tiles).
 template <typename T, int NV>
 struct ColumnPanels {
   static constexpr int W = Simd<T>::W, NC = NV * W;
@@ -309,8 +310,8 @@ struct ColumnPanels {
   // blocks reuses one buffer instead of allocating (and page-faulting) a fresh one per block.
   ColumnPanels(Range c, int64_t max_k)
       : cols(c), K(max_k), count(c.end > c.begin ? (c.end - c.begin + NC - 1) / NC : 0), data(count * max_k * NC) {}
-  // pack() for a row-major source (element (k, c) at rows[k * ld + c]): whole vectors per row, the one place
-  // where packing cost shows (weight gradients: few output rows reuse each packed element, 20% of the time).
+  // pack() for a row-major source (element (k, c) at rows[k * ld + c]): whole vectors per row. Packing shows
+  // where few output rows reuse each packed element (weight gradients: 20% of their time element by element).
   void pack_rows(int64_t k, const T* rows, int64_t ld) {
     K = k;
     for (int64_t p = 0; p < count; ++p) {
@@ -333,26 +334,24 @@ struct ColumnPanels {
   template <typename ColPtr>
   void pack_columns(int64_t k, ColPtr col_ptr) {
     K = k;
-    for (int64_t p = 0; p < count; ++p) {
-      T* out = data.data + p * K * NC;
-      switch (width(p)) {
-        case 1: pack_panel_columns<T, 1>(out, K, first_col(p), cols.end, col_ptr); break;
-        case 2: pack_panel_columns<T, 2>(out, K, first_col(p), cols.end, col_ptr); break;
-        case 3: pack_panel_columns<T, 3>(out, K, first_col(p), cols.end, col_ptr); break;
-        default: pack_panel_columns<T, NV>(out, K, first_col(p), cols.end, col_ptr); break;
-      }
-    }
+    each_panel([&](T* out, int64_t c0, auto nv) { pack_panel_columns<T, decltype(nv)::value>(out, K, c0, cols.end, col_ptr); });
   }
   template <typename ColValue>
   void pack(int64_t k, ColValue col_value) {
     K = k;
+    each_panel([&](T* out, int64_t c0, auto nv) { pack_panel<T, decltype(nv)::value>(out, K, c0, cols.end, col_value); });
+  }
+  // pack_one(panel storage, first column, std::integral_constant<int, vectors in that panel>) for each panel.
+  template <typename PackOne>
+  void each_panel(PackOne pack_one) {
+    static_assert(NV <= 4, "widths up to 4 vectors are instantiated");
     for (int64_t p = 0; p < count; ++p) {
       T* out = data.data + p * K * NC;
       switch (width(p)) {
-        case 1: pack_panel<T, 1>(out, K, first_col(p), cols.end, col_value); break;
-        case 2: pack_panel<T, 2>(out, K, first_col(p), cols.end, col_value); break;
-        case 3: pack_panel<T, 3>(out, K, first_col(p), cols.end, col_value); break;
-        default: pack_panel<T, NV>(out, K, first_col(p), cols.end, col_value); break;
+        case 1: pack_one(out, first_col(p), std::integral_constant<int, 1>{}); break;
+        case 2: pack_one(out, first_col(p), std::integral_constant<int, 2>{}); break;
+        case 3: pack_one(out, first_col(p), std::integral_constant<int, 3>{}); break;
+        default: pack_one(out, first_col(p), std::integral_constant<int, NV>{}); break;
       }
     }
   }
