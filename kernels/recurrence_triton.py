@@ -64,6 +64,19 @@ def _dot(a, b, ACC: tl.constexpr):
 
 
 # Sizes and step ranges are runtime values, never specialised on: no recompilation per shape.
+@triton.jit
+def _phase_range(n, block_start, BU: tl.constexpr, SPLIT: tl.constexpr, PHASE: tl.constexpr):
+    """[begin, end) of the n units/columns a program covers in phase PHASE: all of them in the persistent
+    mode (SPLIT 0), its block of BU when this launch runs that phase, none when it runs another."""
+    begin, end = 0, n
+    if SPLIT == PHASE:
+        begin = block_start
+        end = tl.minimum(block_start + BU, n)
+    if SPLIT != 0 and SPLIT != PHASE:
+        end = 0
+    return begin, end
+
+
 @triton.jit(do_not_specialize=["T", "B", "H", "P", "Hin", "it_begin", "it_end"])
 def recurrence_forward_kernel(
     gx, w_hh, w_hr, b_hn, h0, c0,  # inputs
@@ -84,12 +97,7 @@ def recurrence_forward_kernel(
         active = rows < bs
         from_prev = rows < n_prev
         n_rows = off + rows
-        u_begin, u_end = 0, H
-        if SPLIT == 1:
-            u_begin = tl.program_id(1) * BU
-            u_end = tl.minimum(u_begin + BU, H)
-        if SPLIT == 2:
-            u_end = 0
+        u_begin, u_end = _phase_range(H, tl.program_id(1) * BU, BU, SPLIT, 1)
         for u0 in range(u_begin, u_end, BU):
             units = u0 + tl.arange(0, BU)
             umask = units < H
@@ -153,10 +161,7 @@ def recurrence_forward_kernel(
                 tl.store(y + n_rows[:, None] * Hin + units[None, :], h, mask=m2)
         if HAS_PROJ and SPLIT != 1:
             tl.debug_barrier()  # proj_in of all units of these rows is written
-            p_begin, p_end = 0, P
-            if SPLIT == 2:
-                p_begin = tl.program_id(1) * BU
-                p_end = tl.minimum(p_begin + BU, P)
+            p_begin, p_end = _phase_range(P, tl.program_id(1) * BU, BU, SPLIT, 2)
             for p0 in range(p_begin, p_end, BU):
                 ps = p0 + tl.arange(0, BU)
                 pmask = ps < P
@@ -197,9 +202,7 @@ def recurrence_backward_kernel(
         slot_in = (it + 1) % 2   # written by the step processed just before (the consumer of this one)
         slot_out = it % 2
         if HAS_PROJ and (SPLIT == 0 or SPLIT == 1):
-            p_begin, p_end = 0, P
-            if SPLIT == 1:
-                p_begin, p_end = blk, tl.minimum(blk + BU, P)
+            p_begin, p_end = _phase_range(P, blk, BU, SPLIT, 1)
             for p0 in range(p_begin, p_end, BU):
                 ps = p0 + tl.arange(0, BU)
                 m2 = active[:, None] & (ps < P)[None, :]
@@ -207,11 +210,7 @@ def recurrence_backward_kernel(
                 tot = tl.load(dy + n_rows[:, None] * Hin + ps[None, :], mask=m2, other=0.0) + carry
                 tl.store(dh_total + n_rows[:, None] * P + ps[None, :], tot, mask=m2)
             tl.debug_barrier()
-        u_begin, u_end = 0, H
-        if SPLIT == 2:
-            u_begin, u_end = blk, tl.minimum(blk + BU, H)
-        if SPLIT == 1 or SPLIT == 3:
-            u_end = 0
+        u_begin, u_end = _phase_range(H, blk, BU, SPLIT, 2)
         for u0 in range(u_begin, u_end, BU):
             units = u0 + tl.arange(0, BU)
             umask = units < H
@@ -260,11 +259,7 @@ def recurrence_backward_kernel(
                 h = tl.load(y + n_rows[:, None] * Hin + units[None, :], mask=m2, other=0.0)
                 tl.store(dg_at, rnn_backward_point(dh, h, RELU), mask=m2)
         tl.debug_barrier()  # all gate gradients of these rows are written
-        c_begin, c_end = 0, Hin
-        if SPLIT == 3:
-            c_begin, c_end = blk, tl.minimum(blk + BU, Hin)
-        if SPLIT == 1 or SPLIT == 2:
-            c_end = 0
+        c_begin, c_end = _phase_range(Hin, blk, BU, SPLIT, 3)
         for c_0 in range(c_begin, c_end, BU):
             cols = c_0 + tl.arange(0, BU)
             cmask = cols < Hin
