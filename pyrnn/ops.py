@@ -18,6 +18,7 @@ Large CPU workspaces come from pyrnn's workspace cache (_workspace), large outpu
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -68,10 +69,7 @@ def _empty(like: Tensor, *shape: int) -> Tensor:
 
 def _workspace(like: Tensor, *shape: int) -> Tensor:
     """An uninitialised CPU workspace shaped `shape` like `like`, from the workspace cache when large."""
-    numel = 1
-    for n in shape:
-        numel *= n
-    nbytes = numel * like.element_size()
+    nbytes = math.prod(shape) * like.element_size()
     if nbytes < _POOL_MIN_BYTES:
         return like.new_empty(shape)
     raw = torch.from_dlpack(cpu_kernels().pool_buffer(nbytes))  # uint8 [nbytes]
