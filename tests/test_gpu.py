@@ -29,7 +29,10 @@ def test_gpu_backend_matches_torch_nn(cfg: Config, backend):
     if not ok:
         pytest.skip(pyrnn.backends()[backend]["reason"])
     if cfg.dropout > 0 and cfg.training and cfg.num_layers > 1:
-        pytest.skip("dropout masks differ between the CPU and CUDA generators")
+        # The reference is CPU torch.nn, whose masks come from the CPU generator and ours from the CUDA one, so
+        # outputs cannot match. Dropout between layers is backend-independent Python (functional.recurrence); the
+        # Triton kernels run such configurations against torch.nn under TRITON_INTERPRET in test_triton.py.
+        pytest.skip("dropout masks differ between the CPU reference's generator and the CUDA one")
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     ref, ours = make_pair(cfg)
