@@ -16,6 +16,7 @@ struct GruCell {
   static constexpr int G = 3;
   static constexpr int NU = 1;
   static constexpr bool kHasDirectPath = true;  // dL/dh_prev gets dh * z besides W_hh^T dG
+  static constexpr int kFoldedHiddenBiasGates = 2;  // r, z: b_hn sits inside r * (...)
 
   int64_t H, ys;
   const T* gx;         // [N, 3H]

@@ -15,6 +15,7 @@ struct LstmCell {
   static constexpr int G = 4;
   static constexpr int NU = 1;  // unit vectors per forward panel: 4 gates x 1 vector
   static constexpr bool kHasDirectPath = false;
+  static constexpr int kFoldedHiddenBiasGates = 4;  // b_hh adds to every gate outside the cell math
 
   int64_t H, P, B, ys;
   const T* gx;      // [N, 4H]

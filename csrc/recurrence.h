@@ -22,6 +22,8 @@
 namespace pyrnn {
 namespace PYRNN_ISA {
 
+void gemm(const GemmSpec& spec);  // gemm.cpp, same instruction set (cells' input projection)
+
 template <typename T>
 inline const T* cptr(uintptr_t p) {
   return reinterpret_cast<const T*>(p);
@@ -74,9 +76,9 @@ struct Schedule {
     const int64_t* bs = reinterpret_cast<const int64_t*>(a.batch_sizes);
     int64_t acc = 0;
     for (int64_t t = 0; t < T; ++t) {
-      batch[t] = bs[t];
+      batch[t] = bs ? bs[t] : B;
       offset[t] = acc;
-      acc += bs[t];
+      acc += batch[t];
     }
   }
   // The time index processed at forward iteration `it`.
@@ -401,6 +403,83 @@ inline T dot(const T* x, const T* y, int64_t n) {
   return sum;
 }
 
+// out[cols) = sum_r coeff[r] * m[r, cols) for the rows r < rows of a row-major m with row stride ld: a
+// vector-matrix product over the rows as they lie (dh_prev = d_gates W_hh of a single row).
+template <typename T>
+inline void axpy_rows(const T* coeff, int64_t rows, const T* m, int64_t ld, Range cols, T* out) {
+  constexpr int W = Simd<T>::W;
+  for (int64_t k = cols.begin; k < cols.end; ++k) out[k] = T(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const Vec<T> c = vbroadcast(coeff[r]);
+    const T* mr = m + r * ld;
+    for (int64_t k = cols.begin; k < cols.end; k += W) {
+      const int cnt = static_cast<int>(std::min<int64_t>(W, cols.end - k));
+      vstore(out + k, vload(out + k, cnt) + c * vload(mr + k, cnt), cnt);
+    }
+  }
+}
+
+// A cell's input projection done by the kernel (RecurrenceArgs::x given, T = 1): gx = W_ih x + b_ih + the hidden
+// biases that add outside the cell math (Cell::kFoldedHiddenBiasGates gates' worth). A cell call then makes
+// one pass over W_ih and W_hh and one trip into C++, where a separate GEMM call cost more than the step at B=1.
+template <typename T, typename Cell>
+struct CellInput {
+  static constexpr int G = Cell::G;
+  int64_t B, I, H;
+  const T* x;     // [B, I] (null: gx was computed by the caller)
+  const T* w_ih;  // [G*H, I]
+  const T* b_ih;  // [G*H] or null
+  const T* b_hh;  // [G*H] or null
+  T* gx;          // [B, G*H], written here
+
+  explicit CellInput(const RecurrenceArgs& a)
+      : B(a.B), I(a.I), H(a.H), x(cptr<T>(a.x)), w_ih(cptr<T>(a.w_ih)), b_ih(cptr<T>(a.b_ih)),
+        b_hh(cptr<T>(a.b_hh)), gx(mptr<T>(a.gx)) {}
+  explicit operator bool() const { return x != nullptr; }
+
+  T bias(int64_t r) const {
+    T v = b_ih ? b_ih[r] : T(0);
+    if (b_hh && r < Cell::kFoldedHiddenBiasGates * H) v += b_hh[r];
+    return v;
+  }
+  // Rows too few to pack for: gx of row b, units [u, u+cnt) of every gate, as dot products with W_ih's rows.
+  void project_units(int64_t b, int64_t u, int cnt) const {
+    for (int g = 0; g < G; ++g)
+      for (int j = 0; j < cnt; ++j) {
+        const int64_t r = g * H + u + j;
+        gx[b * G * H + r] = bias(r) + dot(x + b * I, w_ih + r * I, I);
+      }
+  }
+  // Otherwise all rows at once with the GEMM (before the step's parallel region).
+  void project_all(int nthreads) const {
+    GemmSpec g;
+    g.dtype = std::is_same<T, double>::value ? 1 : 0;
+    g.nthreads = nthreads;
+    g.M = B, g.N = G * H, g.K = I;
+    g.a = reinterpret_cast<uintptr_t>(x), g.sa_m = I, g.sa_k = 1;        // x: [B, I]
+    g.b = reinterpret_cast<uintptr_t>(w_ih), g.sb_k = 1, g.sb_n = I;     // W_ih^T: [I, G*H] in place
+    g.c = reinterpret_cast<uintptr_t>(gx), g.ldc = G * H;
+    gemm(g);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = 0; r < G * H; ++r) gx[b * G * H + r] += bias(r);
+  }
+  // Backward, rows too few to pack for: columns [cols) of dx [B, I] = d_gates [B, G*H] W_ih, an axpy per gate row.
+  void input_grad_columns(const T* d_gates, T* dx, Range cols) const {
+    for (int64_t b = 0; b < B; ++b) axpy_rows(d_gates + b * G * H, G * H, w_ih, I, cols, dx + b * I);
+  }
+  // Otherwise one GEMM (after the backward's parallel region).
+  void input_grad(const T* d_gates, T* dx, int nthreads) const {
+    GemmSpec g;
+    g.dtype = std::is_same<T, double>::value ? 1 : 0;
+    g.nthreads = nthreads;
+    g.M = B, g.N = I, g.K = G * H;
+    g.a = reinterpret_cast<uintptr_t>(d_gates), g.sa_m = G * H, g.sa_k = 1;  // d_gates: [B, G*H]
+    g.b = reinterpret_cast<uintptr_t>(w_ih), g.sb_k = I, g.sb_n = 1;         // W_ih: [G*H, I]
+    g.c = reinterpret_cast<uintptr_t>(dx), g.ldc = I;
+    gemm(g);
+  }
+};
+
 // Forward of one layer-direction. The Cell provides:
 //   G, NU                     gates per unit; unit vectors per forward panel
 //   forward_vec(n, b, prev, u, cnt, h_prev_row, gate_acc[G])   the pointwise epilogue of units [u, u+cnt)
@@ -433,21 +512,29 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
       cell.finish_row(b, last);
     }
   };
-  if (single_step_direct(a, a.B * G * H * Hin)) {
+  const CellInput<T, Cell> input(a);
+  const bool direct = single_step_direct(a, a.B * G * H * Hin);
+  if (input && !direct) input.project_all(a.nthreads);
+  if (direct) {  // each thread takes a block of units, all rows
     const int64_t bs = s.batch[0], off = s.offset[0];
-    for (int64_t b = 0; b < bs; ++b) {
-      const T* hp = state_row(0, b);
-      if (h_prev_ws) copy_row(hp, Hin, h_prev_ws + (off + b) * Hin);
-      for (int64_t u = 0; u < H; u += W) {
-        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-        Vec<T> gate_acc[G];
-        for (int g = 0; g < G; ++g) {
-          gate_acc[g] = Vec<T>{};
-          for (int j = 0; j < cnt; ++j) gate_acc[g][j] = dot(hp, w_hh + (g * H + u + j) * Hin, Hin);
+    const int nthreads = threads_for(bs * G * H * (Hin + a.I), (H + W - 1) / W, a.nthreads);
+    ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier&) {
+      const Range units = split(H, tid, nt, W);
+      for (int64_t b = 0; b < bs; ++b) {
+        const T* hp = state_row(0, b);
+        if (h_prev_ws && tid == 0) copy_row(hp, Hin, h_prev_ws + (off + b) * Hin);
+        for (int64_t u = units.begin; u < units.end; u += W) {
+          const int cnt = static_cast<int>(std::min<int64_t>(W, units.end - u));
+          if (input) input.project_units(b, u, cnt);
+          Vec<T> gate_acc[G];
+          for (int g = 0; g < G; ++g) {
+            gate_acc[g] = Vec<T>{};
+            for (int j = 0; j < cnt; ++j) gate_acc[g][j] = dot(hp, w_hh + (g * H + u + j) * Hin, Hin);
+          }
+          cell.forward_vec(off + b, b, -1, u, cnt, hp, gate_acc);
         }
-        cell.forward_vec(off + b, b, -1, u, cnt, hp, gate_acc);
       }
-    }
+    });
     write_final_states();
     return;
   }
@@ -542,33 +629,36 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
   auto carry_row = [&](int64_t it, int64_t b) -> const T* {
     return s.next_row(s.time_at(it), b) >= 0 ? ring_row(it + 1, b) : dh_n + b * Hin;
   };
-  if (single_step_direct(a, a.B * GH * Hin)) {
+  const CellInput<T, Cell> input(a);
+  const bool direct = single_step_direct(a, a.B * GH * Hin);
+  if (direct) {  // pointwise by blocks of units, then dh_prev (and dx) by blocks of columns
     const int64_t bs = s.batch[0], off = s.offset[0];
-    for (int64_t b = 0; b < bs; ++b) {
-      const int64_t n = off + b;
-      const T* dyr = dy + n * Hin;
-      const T* dhn = dh_n + b * Hin;  // one step: every row's output is its final state
-      for (int64_t u = 0; u < H; u += W) {
-        const int cnt = static_cast<int>(std::min<int64_t>(W, H - u));
-        cell.backward_vec(n, b, u, cnt, vload(dyr + u, cnt) + vload(dhn + u, cnt), -1, -1, 0);
-      }
-      T* out = dh0 + b * Hin;  // dh_prev = W_hh^T d_gates_h (+ the direct path), an axpy per gate row
-      for (int64_t k = 0; k < Hin; ++k) out[k] = T(0);
-      const T* dg = d_gates_h + n * GH;
-      for (int64_t r = 0; r < GH; ++r) {
-        const Vec<T> coeff = vbroadcast(dg[r]);
-        const T* wr = w_hh + r * Hin;
-        for (int64_t k = 0; k < Hin; k += W) {
-          const int cnt = static_cast<int>(std::min<int64_t>(W, Hin - k));
-          vstore(out + k, vload(out + k, cnt) + coeff * vload(wr + k, cnt), cnt);
+    const int nthreads = threads_for(bs * GH * (Hin + a.I), (H + W - 1) / W, a.nthreads);
+    ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
+      const Range units = split(H, tid, nt, W);
+      for (int64_t b = 0; b < bs; ++b) {
+        const T* dyr = dy + (off + b) * Hin;
+        const T* dhn = dh_n + b * Hin;  // one step: every row's output is its final state
+        for (int64_t u = units.begin; u < units.end; u += W) {
+          const int cnt = static_cast<int>(std::min<int64_t>(W, units.end - u));
+          cell.backward_vec(off + b, b, u, cnt, vload(dyr + u, cnt) + vload(dhn + u, cnt), -1, -1, 0);
         }
       }
-      if (Cell::kHasDirectPath)
-        for (int64_t k = 0; k < Hin; k += W) {
-          const int cnt = static_cast<int>(std::min<int64_t>(W, Hin - k));
-          vstore(out + k, vload(out + k, cnt) + cell.dh_extra(n, k, cnt, vload(dyr + k, cnt) + vload(dhn + k, cnt)), cnt);
-        }
-    }
+      barrier.wait();
+      const Range cols = split(Hin, tid, nt, W);
+      for (int64_t b = 0; b < bs; ++b) {
+        const int64_t n = off + b;
+        T* out = dh0 + b * Hin;  // dh_prev = d_gates_h W_hh (+ the direct path)
+        axpy_rows(d_gates_h + n * GH, GH, w_hh, Hin, cols, out);
+        if (Cell::kHasDirectPath)
+          for (int64_t k = cols.begin; k < cols.end; k += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, cols.end - k));
+            const Vec<T> dh = vload(dy + n * Hin + k, cnt) + vload(dh_n + b * Hin + k, cnt);
+            vstore(out + k, vload(out + k, cnt) + cell.dh_extra(n, k, cnt, dh), cnt);
+          }
+      }
+      if (input) input.input_grad_columns(cptr<T>(a.d_gates), mptr<T>(a.dx), split(a.I, tid, nt, W));
+    });
     return;
   }
   const int nthreads = threads_for(a.B * GH * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
@@ -660,6 +750,7 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
       barrier.wait();
     }
   });
+  if (input) input.input_grad(cptr<T>(a.d_gates), mptr<T>(a.dx), a.nthreads);
 }
 
 }  // namespace PYRNN_ISA

@@ -18,7 +18,7 @@ struct RecurrenceArgs {
   int64_t T = 0, B = 0;   // steps, rows of the first (largest) step
   int64_t H = 0, P = 0;   // hidden size, projection size (LSTM; 0 = none)
   int64_t y_stride = 0;   // row stride of y, in elements (>= Hin)
-  uintptr_t batch_sizes = 0;  // int64 [T], non-increasing
+  uintptr_t batch_sizes = 0;  // int64 [T], non-increasing; 0: every step has B rows
 
   // Forward inputs.
   uintptr_t gx = 0;       // [N, G*H] input projection W_ih x + biases folded in (not b_hn for GRU)
@@ -27,6 +27,13 @@ struct RecurrenceArgs {
   uintptr_t b_hn = 0;     // [H] GRU: the hidden bias of the n gate, which sits inside r * (...)
   uintptr_t h0 = 0;       // [B, Hin]
   uintptr_t c0 = 0;       // [B, H] (LSTM)
+  // Cells (T = 1) pass x and W_ih instead of a computed gx: the kernel then fills the gx buffer itself with
+  // W_ih x + b_ih + b_hh (GRU: b_hh of r and z only), in the same pass over the weights as the gates.
+  int64_t I = 0;          // input features
+  uintptr_t x = 0;        // [B, I]
+  uintptr_t w_ih = 0;     // [G*H, I]
+  uintptr_t b_ih = 0;     // [G*H] or 0
+  uintptr_t b_hh = 0;     // [G*H] or 0 (GRU: pass its n part as b_hn too)
   // Forward outputs.
   uintptr_t y = 0;        // [N, Hin] hidden state after every step
   uintptr_t h_n = 0;      // [B, Hin] each row's state after its last step
@@ -48,6 +55,7 @@ struct RecurrenceArgs {
   uintptr_t dh0 = 0;        // [B, Hin]
   uintptr_t dc0 = 0;        // [B, H] (LSTM)
   uintptr_t dh_total = 0;   // [N, P] LSTM projection: dL/dh per step, for dW_hr
+  uintptr_t dx = 0;         // [B, I] cells (x given): dL/dx = d_gates W_ih
   // Backward workspace.
   uintptr_t dh_prev_ws = 0;  // [2, B, Hin] dL/d(state entering a step), read by the step that produced it,
                              // which the backward processes right after: a ring of two steps suffices

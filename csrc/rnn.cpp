@@ -14,6 +14,7 @@ struct RnnCell {
   static constexpr int G = 1;
   static constexpr int NU = 2;  // one gate: two unit vectors per forward panel keep the FMA units busy
   static constexpr bool kHasDirectPath = false;
+  static constexpr int kFoldedHiddenBiasGates = 1;
 
   int64_t H, ys;
   bool relu;

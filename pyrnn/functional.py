@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import backend as _backend
 from . import ops
 
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
@@ -61,6 +62,20 @@ def layer_direction(
         return y, h_n, c_n
     y, h_n, _ = ops.apply(ops.rnn_layer, gx, w.w_hh, h0, batch_sizes, reverse, mode == "RNN_RELU", save)
     return y, h_n, None
+
+
+def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights) -> tuple[Tensor, Optional[Tensor]]:
+    """One step of a cell. x: [B, I], h0/c0: [B, H]. Returns h [B, H] and c [B, H] (LSTM) or None.
+
+    On the CPU (float32/float64) this is the fused cell op (input projection inside the kernel); elsewhere
+    (GPUs, forced GPU backends, half types) the layer recurrence with T = 1."""
+    if x.device.type == "cpu" and x.dtype in ops._KERNEL_DTYPES and _backend.select(x) == "cpu":
+        save = _needs_workspace(x, h0, c0, *w)
+        h, c, *_ = ops.apply(ops.cell, mode, x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, save)
+        return h, (c if mode == "LSTM" else None)
+    steps = torch.full((1,), x.shape[0], dtype=torch.int64)
+    h, _, c = layer_direction(mode, x, steps, h0, c0, w, reverse=False)
+    return h, c
 
 
 def _input_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:

@@ -169,10 +169,9 @@ def _check_cell_hidden(cell: nn.Module, input: Tensor, hx: Tensor, label: str) -
 
 
 def _cell_step(mode: str, cell: nn.Module, input: Tensor, h0: Tensor, c0: Optional[Tensor]):
-    # One step: the layer recurrence with T = 1. input: [B, I], h0/c0: [B, H].
+    # One step. input: [B, I], h0/c0: [B, H]. Returns h and c (LSTM) or None.
     w = functional.LayerWeights(cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
-    steps = _time_major_batch_sizes(1, input.size(0))
-    return functional.layer_direction(mode, input, steps, h0, c0, w, reverse=False)
+    return functional.cell(mode, input, h0, c0, w)
 
 
 class RNNCell(nn.RNNCell):
@@ -194,7 +193,7 @@ class RNNCell(nn.RNNCell):
         _check_cell_input(self, input)
         _check_cell_hidden(self, input, hx, "0")
         mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
-        h, _, _ = _cell_step(mode, self, input, hx, None)
+        h, _ = _cell_step(mode, self, input, hx, None)
         return h if is_batched else h.squeeze(0)
 
 
@@ -214,7 +213,7 @@ class GRUCell(nn.GRUCell):
             hx = hx if is_batched else hx.unsqueeze(0)
         _check_cell_input(self, input)
         _check_cell_hidden(self, input, hx, "0")
-        h, _, _ = _cell_step("GRU", self, input, hx, None)
+        h, _ = _cell_step("GRU", self, input, hx, None)
         return h if is_batched else h.squeeze(0)
 
 
@@ -238,5 +237,5 @@ class LSTMCell(nn.LSTMCell):
         _check_cell_input(self, input)
         _check_cell_hidden(self, input, hx[0], "0")
         _check_cell_hidden(self, input, hx[1], "1")
-        h, _, c = _cell_step("LSTM", self, input, hx[0], hx[1])
+        h, c = _cell_step("LSTM", self, input, hx[0], hx[1])
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))

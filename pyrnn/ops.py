@@ -645,6 +645,172 @@ def _rnn_backward(ctx, dy, dh_n, _h_prev_grad):
 rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
 
 
+# ---------------------------------------------------------------------------------------------------- cells
+#
+# A cell (one step) on the CPU is one op: the kernel computes the input projection W_ih x itself, in the same
+# pass over the weights as the gates (dot products with the weight rows at one or two rows, the GEMM beyond),
+# and its backward returns dx with the gate gradients. Per call that is one trip into C++ each way instead of a
+# projection op and a layer op, which at B=1 cost more than the arithmetic.
+
+_CELL_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_CELL_MODE_IDS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}  # as pyrnn._C.cell_forward numbers them
+
+
+def _validate_cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> int:
+    """Checks what the kernel will read through raw pointers; returns the number of gates."""
+    gates = _CELL_GATES.get(mode)
+    if gates is None:
+        raise _error(f"unknown cell mode {mode!r}")
+    if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES:
+        raise _error(f"the cell op runs on CPU float32/float64 tensors, got {x.dtype} on {x.device}")
+    if w_ih.dtype != x.dtype:  # as torch.nn's cells word it (their first op is the input GEMM)
+        raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_scalar_name(x)} and {_scalar_name(w_ih)}")
+    B, I = x.shape if x.dim() == 2 else (-1, -1)
+    H = h0.shape[1] if h0.dim() == 2 else -1
+    if not (B > 0 and I > 0 and H > 0 and h0.shape[0] == B and w_ih.shape == (gates * H, I)
+            and w_hh.shape == (gates * H, H)):
+        raise _error(
+            f"{mode} cell: inconsistent shapes x {tuple(x.shape)}, h0 {tuple(h0.shape)}, w_ih {tuple(w_ih.shape)}, "
+            f"w_hh {tuple(w_hh.shape)}"
+        )
+    if (c0 is not None) != (gates == 4) or (c0 is not None and c0.shape != (B, H)):
+        raise _error(f"{mode} cell: c0 must be [{B}, {H}] for LSTM and None otherwise")
+    if (b_ih is None) != (b_hh is None) or (b_ih is not None and not (b_ih.shape == b_hh.shape == (gates * H,))):
+        raise _error(f"b_ih and b_hh must both be [{gates * H}] or both be None")
+    dtype, device = x.dtype, x.device
+    for name, t in (("h0", h0), ("c0", c0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        if t is not None and (t.dtype != dtype or t.device != device):
+            raise _error(f"Expected {name} to be {dtype} on {device}, got {t.dtype} on {t.device}")
+    return gates
+
+
+def _contiguous(*tensors: Optional[Tensor]):
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
+def _cell_impl(
+    mode: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
+    save_workspace: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step of an LSTM/GRU/RNN cell on the CPU. x: [B, I], h0/c0: [B, H]. Returns h [B, H], c [B, H] (LSTM;
+    empty otherwise) and the workspace: gates [B, G*H] (LSTM, GRU) and gh_n = W_hn h + b_hn [B, H] (GRU), empty
+    in inference."""
+    G = _validate_cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _contiguous(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    (B, I), H = x.shape, h0.shape[1]
+    gx, h = x.new_empty(B, G * H), x.new_empty(B, H)  # gx: scratch the kernel fills with W_ih x + biases
+    c = x.new_empty(B, H) if G == 4 else x.new_empty(0)
+    gates = x.new_empty(B, G * H) if save_workspace and G > 1 else x.new_empty(0)
+    gh_n = x.new_empty(B, H) if save_workspace and G == 3 else x.new_empty(0)
+    cpu_kernels().cell_forward(
+        _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
+        h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), gx.data_ptr(),
+        h.data_ptr(), _ptr(c), _ptr(gates), _ptr(gh_n),
+    )
+    return h, c, gates, gh_n
+
+
+cell = torch.library.custom_op("pyrnn::cell", _cell_impl, mutates_args=())
+
+
+@cell.register_fake
+def _(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace):
+    B, H, G = x.shape[0], h0.shape[1], _CELL_GATES[mode]
+    return (
+        x.new_empty(B, H),
+        x.new_empty(B, H) if mode == "LSTM" else x.new_empty(0),
+        x.new_empty(B, G * H) if save_workspace and G > 1 else x.new_empty(0),
+        x.new_empty(B, H) if save_workspace and mode == "GRU" else x.new_empty(0),
+    )
+
+
+def _cell_backward_impl(
+    mode: str,
+    dh: Tensor,
+    dc: Optional[Tensor],
+    x: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    h: Tensor,
+    c: Tensor,
+    gates: Tensor,
+    gh_n: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of cell. Returns d_gates [B, G*H] (= dL/d(W_ih x + b_ih)), d_gates_h [B, G*H] (GRU: dL/d(W_hh h +
+    b_hh), which differs in the n gate; empty otherwise, where it equals d_gates), dx [B, I], dh0 [B, H] and dc0
+    [B, H] (LSTM; empty otherwise)."""
+    G = _validate_cell(mode, x, h0, c0, w_ih, w_hh, None, None)
+    (B, I), H = x.shape, h0.shape[1]
+    expected = {"dh": (dh, (B, H)), "h": (h, (B, H))}
+    if G == 4:
+        expected.update(dc=(dc, (B, H)), c=(c, (B, H)), gates=(gates, (B, G * H)))
+    elif G == 3:
+        expected.update(gates=(gates, (B, G * H)), gh_n=(gh_n, (B, H)))
+    for name, (t, shape) in expected.items():
+        if t is None or t.shape != shape or t.dtype != x.dtype or t.device != x.device:
+            if name in ("gates", "gh_n") and t is not None and t.numel() == 0:
+                raise RuntimeError("pyrnn::cell: the forward ran with save_workspace=False (inference), so it "
+                                   "cannot be differentiated")
+            raise _error(f"cell backward: {name} must be {x.dtype} {shape}")
+    x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, dh, dc = _contiguous(x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, dh, dc)
+    d_gates, dx, dh0 = x.new_empty(B, G * H), x.new_empty(B, I), x.new_empty(B, H)
+    d_gates_h = x.new_empty(B, G * H) if G == 3 else x.new_empty(0)
+    dc0 = x.new_empty(B, H) if G == 4 else x.new_empty(0)
+    cpu_kernels().cell_backward(
+        _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
+        h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), h.data_ptr(), _ptr(c), _ptr(gates), _ptr(gh_n),
+        dh.data_ptr(), _ptr(dc), d_gates.data_ptr(), _ptr(d_gates_h), dx.data_ptr(), dh0.data_ptr(), _ptr(dc0),
+    )
+    return d_gates, d_gates_h, dx, dh0, dc0
+
+
+cell_backward = torch.library.custom_op("pyrnn::cell_backward", _cell_backward_impl, mutates_args=())
+
+
+@cell_backward.register_fake
+def _(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n):
+    B, H, G = x.shape[0], h0.shape[1], _CELL_GATES[mode]
+    return (x.new_empty(B, G * H), x.new_empty(B, G * H) if mode == "GRU" else x.new_empty(0), x.new_empty(x.shape),
+            x.new_empty(B, H), x.new_empty(B, H) if mode == "LSTM" else x.new_empty(0))
+
+
+def _cell_setup_context(ctx, inputs, output):
+    mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace = inputs
+    h, c, gates, gh_n = output
+    _workspace_has_no_grad(ctx, gates, gh_n)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, h, c, gates, gh_n)
+    ctx.mode, ctx.has_bias = mode, b_ih is not None
+
+
+def _cell_backward(ctx, dh, dc, *_workspace_grads):
+    x, h0, c0, w_ih, w_hh, h, c, gates, gh_n = ctx.saved_tensors
+    mode = ctx.mode
+    dh = _zeros_if_none(dh, h)
+    dc = _zeros_if_none(dc, c) if mode == "LSTM" else None
+    d_gates, d_gates_h, dx, dh0, dc0 = _call(cell_backward, mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n)
+    if mode != "GRU":
+        d_gates_h = d_gates
+    need = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace
+    dw_ih = d_gates.t().mm(x) if need[4] else None  # [G*H, I]: a sum of outer products over a few rows
+    dw_hh = d_gates_h.t().mm(h0) if need[5] else None  # [G*H, H]
+    db_ih = d_gates.sum(0) if ctx.has_bias and need[6] else None
+    db_hh = d_gates_h.sum(0) if ctx.has_bias and need[7] else None
+    return (None, dx if need[1] else None, dh0 if need[2] else None, dc0 if mode == "LSTM" and need[3] else None,
+            dw_ih, dw_hh, db_ih, db_hh, None)
+
+
+cell.register_autograd(_cell_backward, setup_context=_cell_setup_context)
+
+
 # ------------------------------------------------------------------------------------------- eager calls
 #
 # A call through a custom op crosses the dispatcher twice (autograd, then the CPU kernel) and Dynamo's
@@ -678,12 +844,23 @@ _IMPLS = {
     lstm_layer_backward: _lstm_layer_backward_impl,
     gru_layer_backward: _gru_layer_backward_impl,
     rnn_layer_backward: _rnn_layer_backward_impl,
+    cell_backward: _cell_backward_impl,
 }
 _EAGER = {
     linear: _eager_function(linear, _projection_impl, _linear_setup_context, _linear_backward),
     lstm_layer: _eager_function(lstm_layer, _lstm_layer_impl, _lstm_setup_context, _lstm_backward),
     gru_layer: _eager_function(gru_layer, _gru_layer_impl, _gru_setup_context, _gru_backward),
     rnn_layer: _eager_function(rnn_layer, _rnn_layer_impl, _rnn_setup_context, _rnn_backward),
+    cell: _eager_function(cell, _cell_impl, _cell_setup_context, _cell_backward),
+}
+
+
+_FORWARD_IMPLS = {
+    linear: _projection_impl,
+    lstm_layer: _lstm_layer_impl,
+    gru_layer: _gru_layer_impl,
+    rnn_layer: _rnn_layer_impl,
+    cell: _cell_impl,
 }
 
 
@@ -699,5 +876,7 @@ def apply(op, *args):
     implementation, same backward either way (except that an eager linear's result, a layer's gx, lives in
     the workspace cache)."""
     if _plain(args):
-        return _EAGER[op].apply(*args)
+        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+            return _EAGER[op].apply(*args)
+        return _FORWARD_IMPLS[op](*args)  # nothing for autograd to record: the implementation alone
     return op(*args)

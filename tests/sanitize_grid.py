@@ -32,10 +32,14 @@ for cls, H, bi, packed, B, T, dtype in itertools.product(
         loss.backward()
         count += 1
 _C.set_isa("auto")
+# Cells through every kernel path: dot products with the weight rows (B = 1, 2; threaded, as the threshold is
+# 1), and the input projection and dx as GEMMs (B = 9), with and without biases.
 for cell in (pyrnn.LSTMCell, pyrnn.GRUCell, pyrnn.RNNCell):
-    c = cell(4, 7)
-    out = c(torch.randn(2, 4, requires_grad=True))
-    (out[0] if isinstance(out, tuple) else out).sum().backward()
+    for B, H, bias in ((1, 7, True), (2, 33, False), (9, 40, True)):
+        c = cell(5, H, bias=bias)
+        out = c(torch.randn(B, 5, requires_grad=True), None)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+        count += 1
 # Workspace-cache sized runs (buffers of 1 MiB and more): acquire, reuse, trim to a small cap, clear.
 pyrnn.set_workspace_cache_limit(8 << 20)
 for cls in (pyrnn.LSTM, pyrnn.GRU, pyrnn.RNN):

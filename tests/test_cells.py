@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import pyrnn
+from pyrnn import _C
 from conftest import assert_close, forbid_torch_rnn
 
 CELLS = {"LSTMCell": nn.LSTMCell, "GRUCell": nn.GRUCell, "RNNCell_tanh": nn.RNNCell, "RNNCell_relu": nn.RNNCell}
@@ -20,15 +21,38 @@ CELLS = {"LSTMCell": nn.LSTMCell, "GRUCell": nn.GRUCell, "RNNCell_tanh": nn.RNNC
                            [torch.float32, torch.float64])),
 )
 def test_cell_matches_torch(name, hidden, batch, bias, with_hx, dtype):
+    _check_cell(name, 4, hidden, batch, bias, with_hx, dtype)
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("input_size,hidden,batch", [(9, 40, 1), (5, 17, 2), (3, 70, 9), (40, 33, 37)])
+@pytest.mark.parametrize("threaded", [False, True])
+def test_cell_kernel_paths(name, input_size, hidden, batch, threaded):
+    """Every way the cell kernel runs a step: dot products with the weight rows (one or two rows, one thread or
+    units split over threads, hidden sizes not a multiple of the SIMD width) and, from a few rows on, the
+    input projection and dx as GEMMs around the packed recurrent step."""
+    old = _C.get_parallel_threshold()
+    if threaded:
+        _C.set_parallel_threshold(1)
+    try:
+        for dtype in (torch.float32, torch.float64):
+            _check_cell(name, input_size, hidden, batch, True, True, dtype)
+    finally:
+        _C.set_parallel_threshold(old)
+
+
+def _check_cell(name, input_size, hidden, batch, bias, with_hx, dtype):
+    """Outputs and every gradient (x, hx, parameters) of pyrnn's cell against torch.nn's, under random upstream
+    gradients; torch's recurrent kernels raise during pyrnn's call."""
     torch.manual_seed(hidden * 7 + (batch or 0))
     kw = dict(bias=bias, dtype=dtype)
     if name.startswith("RNNCell"):
         kw["nonlinearity"] = name.split("_")[1]
-    ref = CELLS[name](4, hidden, **kw)
-    ours = getattr(pyrnn, name.split("_")[0])(4, hidden, **kw)
+    ref = CELLS[name](input_size, hidden, **kw)
+    ours = getattr(pyrnn, name.split("_")[0])(input_size, hidden, **kw)
     ours.load_state_dict(ref.state_dict())
     shape = (batch,) if batch else ()
-    x = torch.randn(*shape, 4, dtype=dtype, requires_grad=True)
+    x = torch.randn(*shape, input_size, dtype=dtype, requires_grad=True)
     hx = None
     if with_hx:
         hx = torch.randn(*shape, hidden, dtype=dtype, requires_grad=True)

@@ -51,6 +51,22 @@ def test_opcheck_gru_and_rnn(reverse):
                                                        relu))
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("B,bias", [(1, True), (2, False), (6, True)])
+def test_opcheck_cell(mode, B, bias):
+    g = torch.Generator().manual_seed(B)
+    G, I, H = ops._CELL_GATES[mode], 5, 4
+    r = lambda *s: torch.randn(*s, dtype=torch.float64, generator=g, requires_grad=True)  # noqa: E731
+    x, h0, c0 = r(B, I), r(B, H), r(B, H) if mode == "LSTM" else None
+    w_ih, w_hh = r(G * H, I), r(G * H, H)
+    b_ih, b_hh = (r(G * H), r(G * H)) if bias else (None, None)
+    torch.library.opcheck(ops.cell, (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, True))
+    h, c, gates, gh_n = ops.cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, True)
+    d = lambda t: None if t is None else t.detach()  # noqa: E731
+    torch.library.opcheck(ops.cell_backward, (mode, torch.randn_like(h), torch.randn_like(c) if c0 is not None else None,
+                                              d(x), d(h0), d(c0), d(w_ih), d(w_hh), d(h), d(c), d(gates), d(gh_n)))
+
+
 def test_inference_saves_no_workspace():
     a = _inputs()
     with torch.no_grad():
@@ -120,6 +136,33 @@ def test_eager_path_matches_registered_ops(cell):
     layer = {"LSTM": "lstm_layer", "GRU": "gru_layer", "RNN": "rnn_layer"}[cell]
     assert f"Eager_{layer}Backward" in eager_nodes and not any("GeneratedBackward" in n for n in eager_nodes)
     assert any(f"pyrnn_{layer}" in n for n in op_nodes) and not any(n.startswith("Eager_") for n in op_nodes)
+    assert torch.equal(eager_out, op_out)
+    for a, b in zip(eager_grads, op_grads):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_eager_cell_matches_registered_op(name):
+    """The same for the cells' single op."""
+    torch.manual_seed(0)
+    m = getattr(pyrnn, name)(5, 7).double()
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    runs = []
+    for mode in (None, _PassThroughMode()):
+        m.zero_grad()
+        x.grad = None
+        if mode is None:
+            out = m(x)
+        else:
+            with mode:
+                out = m(x)
+        out = out[0] if isinstance(out, tuple) else out
+        runs.append((_graph_node_names(out), out.detach()))
+        out.backward(torch.ones_like(out))
+        runs[-1] += ([x.grad.clone()] + [p.grad.clone() for p in m.parameters()],)
+    (eager_nodes, eager_out, eager_grads), (op_nodes, op_out, op_grads) = runs
+    assert "Eager_cellBackward" in eager_nodes
+    assert any("pyrnn_cell" in n for n in op_nodes) and not any(n.startswith("Eager_") for n in op_nodes)
     assert torch.equal(eager_out, op_out)
     for a, b in zip(eager_grads, op_grads):
         assert torch.equal(a, b)
