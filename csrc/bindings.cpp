@@ -177,13 +177,16 @@ Kernel KernelSet::*cell_kernel(int mode, bool backward) {
   return backward ? &KernelSet::rnn_backward : &KernelSet::rnn_forward;
 }
 
-// x: [B, I], h0/c0: [B, H], w_ih: [G*H, I], w_hh: [G*H, H], b_ih/b_hh: [G*H]; writes gx [B, G*H] (scratch),
+// x: [B, I], h0/c0: [B, H], w_ih: [G*H, I], w_hh: [G*H, H], b_ih/b_hh: [G*H]; writes gx [B, G*H] (0: scratch here),
 // h, c (LSTM) [B, H] and, when given, the workspace gates [B, G*H] (LSTM, GRU) and gh_n [B, H] (GRU).
 void cell_forward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int64_t H, uintptr_t x, uintptr_t h0,
                   uintptr_t c0, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t gx,
                   uintptr_t h, uintptr_t c, uintptr_t gates, uintptr_t gh_n) {
   RecurrenceArgs a = cell_args(mode, dtype, nthreads, B, I, H, x, w_ih, w_hh);
-  a.h0 = h0, a.c0 = c0, a.b_ih = b_ih, a.b_hh = b_hh, a.gx = gx;
+  const int64_t G = mode == 0 ? 4 : mode == 1 ? 3 : 1;
+  std::vector<double> gx_scratch(gx ? 0 : static_cast<size_t>(B * G * H));  // doubles: room for either dtype
+  a.h0 = h0, a.c0 = c0, a.b_ih = b_ih, a.b_hh = b_hh;
+  a.gx = gx ? gx : reinterpret_cast<uintptr_t>(gx_scratch.data());
   a.y = a.h_n = h;     // one step: the output is the final state
   a.cell = a.c_n = c;  // likewise the cell state
   a.gates = gates, a.gh_n = gh_n;
@@ -192,20 +195,24 @@ void cell_forward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int64
   (active->*cell_kernel(mode, false))(a);
 }
 
-// Backward of cell_forward from dh (and dc) [B, H]: writes d_gates [B, G*H] (dL/dgx), d_gates_h (GRU: dL/d(W_hh h
-// + b_hh)), dx [B, I], dh0 [B, H], dc0 (LSTM) [B, H].
+// Backward of cell_forward from dh (and dc) [B, H]: writes dx [B, I], dh0 [B, H], dc0 (LSTM) [B, H] and, where
+// given, the weight gradients dw_ih [G*H, I], dw_hh [G*H, H], db_ih, db_hh [G*H].
 void cell_backward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int64_t H, uintptr_t x, uintptr_t h0,
                    uintptr_t c0, uintptr_t w_ih, uintptr_t w_hh, uintptr_t h, uintptr_t c, uintptr_t gates,
-                   uintptr_t gh_n, uintptr_t dh, uintptr_t dc, uintptr_t d_gates, uintptr_t d_gates_h, uintptr_t dx,
-                   uintptr_t dh0, uintptr_t dc0) {
+                   uintptr_t gh_n, uintptr_t dh, uintptr_t dc, uintptr_t dx, uintptr_t dh0, uintptr_t dc0,
+                   uintptr_t dw_ih, uintptr_t dw_hh, uintptr_t db_ih, uintptr_t db_hh) {
   RecurrenceArgs a = cell_args(mode, dtype, nthreads, B, I, H, x, w_ih, w_hh);
-  // dh arrives as dy; dh_n is zero. The two-step rings of the driver are only named by a single step.
-  std::vector<double> zeros(static_cast<size_t>(B * H), 0.0), rings(static_cast<size_t>(4 * B * H));
+  const int64_t G = mode == 0 ? 4 : mode == 1 ? 3 : 1;
+  // dh arrives as dy and dh_n is zero; the gate gradients and the driver's two-step rings (which a single step
+  // only names) are scratch. doubles: room for either dtype.
+  std::vector<double> zeros(static_cast<size_t>(B * H), 0.0), scratch(static_cast<size_t>(4 * B * H + 2 * B * G * H));
   a.dy = dh, a.dh_n = reinterpret_cast<uintptr_t>(zeros.data());
-  a.dh_prev_ws = reinterpret_cast<uintptr_t>(rings.data());
-  a.dc_prev_ws = reinterpret_cast<uintptr_t>(rings.data() + 2 * B * H);
-  a.y = h, a.cell = c, a.c0 = c0, a.dc_n = dc, a.gates = gates, a.gh_n = gh_n, a.h_prev_ws = h0;
-  a.d_gates = d_gates, a.d_gates_h = d_gates_h, a.dx = dx, a.dh0 = dh0, a.dc0 = dc0;
+  a.dh_prev_ws = reinterpret_cast<uintptr_t>(scratch.data());
+  a.dc_prev_ws = reinterpret_cast<uintptr_t>(scratch.data() + 2 * B * H);
+  a.d_gates = reinterpret_cast<uintptr_t>(scratch.data() + 4 * B * H);
+  if (mode == 1) a.d_gates_h = reinterpret_cast<uintptr_t>(scratch.data() + 4 * B * H + B * G * H);
+  a.y = h, a.cell = c, a.h0 = h0, a.c0 = c0, a.dc_n = dc, a.gates = gates, a.gh_n = gh_n, a.h_prev_ws = h0;
+  a.dx = dx, a.dh0 = dh0, a.dc0 = dc0, a.dw_ih = dw_ih, a.dw_hh = dw_hh, a.db_ih = db_ih, a.db_hh = db_hh;
   (active->*cell_kernel(mode, true))(a);
 }
 

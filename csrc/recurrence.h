@@ -425,16 +425,21 @@ inline void axpy_rows(const T* coeff, int64_t rows, const T* m, int64_t ld, Rang
 template <typename T, typename Cell>
 struct CellInput {
   static constexpr int G = Cell::G;
-  int64_t B, I, H;
+  int64_t B, I, H, Hin;
   const T* x;     // [B, I] (null: gx was computed by the caller)
   const T* w_ih;  // [G*H, I]
   const T* b_ih;  // [G*H] or null
   const T* b_hh;  // [G*H] or null
   T* gx;          // [B, G*H], written here
+  // Backward: the cell's weight gradients (each null when not wanted); a cell has no later steps to sum them
+  // over, so they come from the kernel too rather than from four more library calls.
+  const T* h0;                      // [B, Hin]
+  T *dw_ih, *dw_hh, *db_ih, *db_hh;  // [G*H, I], [G*H, Hin], [G*H], [G*H]
 
   explicit CellInput(const RecurrenceArgs& a)
-      : B(a.B), I(a.I), H(a.H), x(cptr<T>(a.x)), w_ih(cptr<T>(a.w_ih)), b_ih(cptr<T>(a.b_ih)),
-        b_hh(cptr<T>(a.b_hh)), gx(mptr<T>(a.gx)) {}
+      : B(a.B), I(a.I), H(a.H), Hin(a.P > 0 ? a.P : a.H), x(cptr<T>(a.x)), w_ih(cptr<T>(a.w_ih)),
+        b_ih(cptr<T>(a.b_ih)), b_hh(cptr<T>(a.b_hh)), gx(mptr<T>(a.gx)), h0(cptr<T>(a.h0)), dw_ih(mptr<T>(a.dw_ih)),
+        dw_hh(mptr<T>(a.dw_hh)), db_ih(mptr<T>(a.db_ih)), db_hh(mptr<T>(a.db_hh)) {}
   explicit operator bool() const { return x != nullptr; }
 
   T bias(int64_t r) const {
@@ -466,6 +471,49 @@ struct CellInput {
   // Backward, rows too few to pack for: columns [cols) of dx [B, I] = d_gates [B, G*H] W_ih, an axpy per gate row.
   void input_grad_columns(const T* d_gates, T* dx, Range cols) const {
     for (int64_t b = 0; b < B; ++b) axpy_rows(d_gates + b * G * H, G * H, w_ih, I, cols, dx + b * I);
+  }
+  // Rows too few to pack for: rows [rows) of the weight gradients, each a sum over the B rows of outer products.
+  void weight_grad_rows(const T* d_gates, const T* d_gates_h, Range rows) const {
+    constexpr int W = Simd<T>::W;
+    const int64_t GH = G * H;
+    auto outer_row = [&](const T* coeff, int64_t r, const T* v, int64_t n, T* out) {  // out = sum_b coeff[b, r] v[b]
+      for (int64_t k = 0; k < n; k += W) {
+        const int cnt = static_cast<int>(std::min<int64_t>(W, n - k));
+        Vec<T> acc{};
+        for (int64_t b = 0; b < B; ++b) acc += vbroadcast(coeff[b * GH + r]) * vload(v + b * n + k, cnt);
+        vstore(out + k, acc, cnt);
+      }
+    };
+    for (int64_t r = rows.begin; r < rows.end; ++r) {
+      if (dw_ih) outer_row(d_gates, r, x, I, dw_ih + r * I);
+      if (dw_hh) outer_row(d_gates_h, r, h0, Hin, dw_hh + r * Hin);
+      T si = T(0), sh = T(0);
+      for (int64_t b = 0; b < B; ++b) si += d_gates[b * GH + r], sh += d_gates_h[b * GH + r];
+      if (db_ih) db_ih[r] = si;
+      if (db_hh) db_hh[r] = sh;
+    }
+  }
+  // Otherwise GEMMs (after the backward's parallel region): dW = d_gates^T [G*H, B] times x or h0.
+  void weight_grads(const T* d_gates, const T* d_gates_h, int nthreads) const {
+    const int64_t GH = G * H;
+    auto outer = [&](const T* dg, const T* v, int64_t n, T* out) {
+      GemmSpec g;
+      g.dtype = std::is_same<T, double>::value ? 1 : 0;
+      g.nthreads = nthreads;
+      g.M = GH, g.N = n, g.K = B;
+      g.a = reinterpret_cast<uintptr_t>(dg), g.sa_m = 1, g.sa_k = GH;  // d_gates^T in place
+      g.b = reinterpret_cast<uintptr_t>(v), g.sb_k = n, g.sb_n = 1;
+      g.c = reinterpret_cast<uintptr_t>(out), g.ldc = n;
+      gemm(g);
+    };
+    if (dw_ih) outer(d_gates, x, I, dw_ih);
+    if (dw_hh) outer(d_gates_h, h0, Hin, dw_hh);
+    for (int64_t r = 0; r < GH; ++r) {
+      T si = T(0), sh = T(0);
+      for (int64_t b = 0; b < B; ++b) si += d_gates[b * GH + r], sh += d_gates_h[b * GH + r];
+      if (db_ih) db_ih[r] = si;
+      if (db_hh) db_hh[r] = sh;
+    }
   }
   // Otherwise one GEMM (after the backward's parallel region).
   void input_grad(const T* d_gates, T* dx, int nthreads) const {
@@ -657,7 +705,10 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
             vstore(out + k, vload(out + k, cnt) + cell.dh_extra(n, k, cnt, dh), cnt);
           }
       }
-      if (input) input.input_grad_columns(cptr<T>(a.d_gates), mptr<T>(a.dx), split(a.I, tid, nt, W));
+      if (input) {
+        input.input_grad_columns(cptr<T>(a.d_gates), mptr<T>(a.dx), split(a.I, tid, nt, W));
+        input.weight_grad_rows(cptr<T>(a.d_gates), d_gates_h, split(GH, tid, nt, 1));
+      }
     });
     return;
   }
@@ -750,7 +801,10 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
       barrier.wait();
     }
   });
-  if (input) input.input_grad(cptr<T>(a.d_gates), mptr<T>(a.dx), a.nthreads);
+  if (input) {
+    input.input_grad(cptr<T>(a.d_gates), mptr<T>(a.dx), a.nthreads);
+    input.weight_grads(cptr<T>(a.d_gates), d_gates_h, a.nthreads);
+  }
 }
 
 }  // namespace PYRNN_ISA

@@ -56,6 +56,10 @@ struct RecurrenceArgs {
   uintptr_t dc0 = 0;        // [B, H] (LSTM)
   uintptr_t dh_total = 0;   // [N, P] LSTM projection: dL/dh per step, for dW_hr
   uintptr_t dx = 0;         // [B, I] cells (x given): dL/dx = d_gates W_ih
+  uintptr_t dw_ih = 0;      // [G*H, I] cells, or 0: d_gates^T x
+  uintptr_t dw_hh = 0;      // [G*H, Hin] cells, or 0: d_gates_h^T h0
+  uintptr_t db_ih = 0;      // [G*H] cells, or 0: d_gates summed over the rows
+  uintptr_t db_hh = 0;      // [G*H] cells, or 0: d_gates_h summed over the rows
   // Backward workspace.
   uintptr_t dh_prev_ws = 0;  // [2, B, Hin] dL/d(state entering a step), read by the step that produced it,
                              // which the backward processes right after: a ring of two steps suffices

@@ -69,7 +69,7 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
 
     On the CPU (float32/float64) this is the fused cell op (input projection inside the kernel); elsewhere
     (GPUs, forced GPU backends, half types) the layer recurrence with T = 1."""
-    if x.device.type == "cpu" and x.dtype in ops._KERNEL_DTYPES and _backend.select(x) == "cpu":
+    if x.is_cpu and x.dtype in ops._KERNEL_DTYPES and _backend.get_backend() in ("auto", "cpu"):
         save = _needs_workspace(x, h0, c0, *w)
         h, c, *_ = ops.apply(ops.cell, mode, x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, save)
         return h, (c if mode == "LSTM" else None)

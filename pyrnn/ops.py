@@ -661,7 +661,7 @@ def _validate_cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> int:
     gates = _CELL_GATES.get(mode)
     if gates is None:
         raise _error(f"unknown cell mode {mode!r}")
-    if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES:
+    if not x.is_cpu or x.dtype not in _KERNEL_DTYPES:
         raise _error(f"the cell op runs on CPU float32/float64 tensors, got {x.dtype} on {x.device}")
     if w_ih.dtype != x.dtype:  # as torch.nn's cells word it (their first op is the input GEMM)
         raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_scalar_name(x)} and {_scalar_name(w_ih)}")
@@ -677,10 +677,10 @@ def _validate_cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> int:
         raise _error(f"{mode} cell: c0 must be [{B}, {H}] for LSTM and None otherwise")
     if (b_ih is None) != (b_hh is None) or (b_ih is not None and not (b_ih.shape == b_hh.shape == (gates * H,))):
         raise _error(f"b_ih and b_hh must both be [{gates * H}] or both be None")
-    dtype, device = x.dtype, x.device
+    dtype = x.dtype
     for name, t in (("h0", h0), ("c0", c0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
-        if t is not None and (t.dtype != dtype or t.device != device):
-            raise _error(f"Expected {name} to be {dtype} on {device}, got {t.dtype} on {t.device}")
+        if t is not None and (t.dtype != dtype or not t.is_cpu):
+            raise _error(f"Expected {name} to be {dtype} on cpu, got {t.dtype} on {t.device}")
     return gates
 
 
@@ -705,13 +705,13 @@ def _cell_impl(
     G = _validate_cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = _contiguous(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     (B, I), H = x.shape, h0.shape[1]
-    gx, h = x.new_empty(B, G * H), x.new_empty(B, H)  # gx: scratch the kernel fills with W_ih x + biases
+    h = x.new_empty(B, H)
     c = x.new_empty(B, H) if G == 4 else x.new_empty(0)
     gates = x.new_empty(B, G * H) if save_workspace and G > 1 else x.new_empty(0)
     gh_n = x.new_empty(B, H) if save_workspace and G == 3 else x.new_empty(0)
     cpu_kernels().cell_forward(
         _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
-        h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), gx.data_ptr(),
+        h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), 0,
         h.data_ptr(), _ptr(c), _ptr(gates), _ptr(gh_n),
     )
     return h, c, gates, gh_n
@@ -744,10 +744,11 @@ def _cell_backward_impl(
     c: Tensor,
     gates: Tensor,
     gh_n: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backward of cell. Returns d_gates [B, G*H] (= dL/d(W_ih x + b_ih)), d_gates_h [B, G*H] (GRU: dL/d(W_hh h +
-    b_hh), which differs in the n gate; empty otherwise, where it equals d_gates), dx [B, I], dh0 [B, H] and dc0
-    [B, H] (LSTM; empty otherwise)."""
+    weight_grads: bool,
+    bias_grads: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of cell from dh (and dc). Returns dx [B, I], dh0 [B, H], dc0 [B, H] (LSTM; empty otherwise) and,
+    if weight_grads (else empty), dw_ih [G*H, I], dw_hh [G*H, H] and, if bias_grads too, db_ih, db_hh [G*H]."""
     G = _validate_cell(mode, x, h0, c0, w_ih, w_hh, None, None)
     (B, I), H = x.shape, h0.shape[1]
     expected = {"dh": (dh, (B, H)), "h": (h, (B, H))}
@@ -762,25 +763,29 @@ def _cell_backward_impl(
                                    "cannot be differentiated")
             raise _error(f"cell backward: {name} must be {x.dtype} {shape}")
     x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, dh, dc = _contiguous(x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, dh, dc)
-    d_gates, dx, dh0 = x.new_empty(B, G * H), x.new_empty(B, I), x.new_empty(B, H)
-    d_gates_h = x.new_empty(B, G * H) if G == 3 else x.new_empty(0)
-    dc0 = x.new_empty(B, H) if G == 4 else x.new_empty(0)
+    new = x.new_empty
+    dx, dh0, dc0 = new(B, I), new(B, H), new(B, H) if G == 4 else new(0)
+    dw_ih, dw_hh = (new(G * H, I), new(G * H, H)) if weight_grads else (new(0), new(0))
+    db_ih, db_hh = (new(G * H), new(G * H)) if weight_grads and bias_grads else (new(0), new(0))
     cpu_kernels().cell_backward(
         _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
         h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), h.data_ptr(), _ptr(c), _ptr(gates), _ptr(gh_n),
-        dh.data_ptr(), _ptr(dc), d_gates.data_ptr(), _ptr(d_gates_h), dx.data_ptr(), dh0.data_ptr(), _ptr(dc0),
+        dh.data_ptr(), _ptr(dc), dx.data_ptr(), dh0.data_ptr(), _ptr(dc0), _ptr(dw_ih), _ptr(dw_hh), _ptr(db_ih),
+        _ptr(db_hh),
     )
-    return d_gates, d_gates_h, dx, dh0, dc0
+    return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 
 cell_backward = torch.library.custom_op("pyrnn::cell_backward", _cell_backward_impl, mutates_args=())
 
 
 @cell_backward.register_fake
-def _(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n):
-    B, H, G = x.shape[0], h0.shape[1], _CELL_GATES[mode]
-    return (x.new_empty(B, G * H), x.new_empty(B, G * H) if mode == "GRU" else x.new_empty(0), x.new_empty(x.shape),
-            x.new_empty(B, H), x.new_empty(B, H) if mode == "LSTM" else x.new_empty(0))
+def _(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, weight_grads, bias_grads):
+    (B, I), H, G = x.shape, h0.shape[1], _CELL_GATES[mode]
+    new = x.new_empty
+    dw = (new(G * H, I), new(G * H, H)) if weight_grads else (new(0), new(0))
+    db = (new(G * H), new(G * H)) if weight_grads and bias_grads else (new(0), new(0))
+    return (new(B, I), new(B, H), new(B, H) if mode == "LSTM" else new(0), *dw, *db)
 
 
 def _cell_setup_context(ctx, inputs, output):
@@ -794,18 +799,16 @@ def _cell_setup_context(ctx, inputs, output):
 def _cell_backward(ctx, dh, dc, *_workspace_grads):
     x, h0, c0, w_ih, w_hh, h, c, gates, gh_n = ctx.saved_tensors
     mode = ctx.mode
+    need = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace
     dh = _zeros_if_none(dh, h)
     dc = _zeros_if_none(dc, c) if mode == "LSTM" else None
-    d_gates, d_gates_h, dx, dh0, dc0 = _call(cell_backward, mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n)
-    if mode != "GRU":
-        d_gates_h = d_gates
-    need = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace
-    dw_ih = d_gates.t().mm(x) if need[4] else None  # [G*H, I]: a sum of outer products over a few rows
-    dw_hh = d_gates_h.t().mm(h0) if need[5] else None  # [G*H, H]
-    db_ih = d_gates.sum(0) if ctx.has_bias and need[6] else None
-    db_hh = d_gates_h.sum(0) if ctx.has_bias and need[7] else None
+    weight_grads = any(need[4:8])
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _call(
+        cell_backward, mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, weight_grads, ctx.has_bias
+    )
     return (None, dx if need[1] else None, dh0 if need[2] else None, dc0 if mode == "LSTM" and need[3] else None,
-            dw_ih, dw_hh, db_ih, db_hh, None)
+            dw_ih if need[4] else None, dw_hh if need[5] else None, db_ih if ctx.has_bias and need[6] else None,
+            db_hh if ctx.has_bias and need[7] else None, None)
 
 
 cell.register_autograd(_cell_backward, setup_context=_cell_setup_context)

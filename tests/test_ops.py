@@ -64,7 +64,8 @@ def test_opcheck_cell(mode, B, bias):
     h, c, gates, gh_n = ops.cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, True)
     d = lambda t: None if t is None else t.detach()  # noqa: E731
     torch.library.opcheck(ops.cell_backward, (mode, torch.randn_like(h), torch.randn_like(c) if c0 is not None else None,
-                                              d(x), d(h0), d(c0), d(w_ih), d(w_hh), d(h), d(c), d(gates), d(gh_n)))
+                                              d(x), d(h0), d(c0), d(w_ih), d(w_hh), d(h), d(c), d(gates), d(gh_n),
+                                              True, bias))
 
 
 def test_inference_saves_no_workspace():
