@@ -44,6 +44,7 @@ class Case:
     train: bool = True
     device: str = "cpu"
     sweep: str = ""  # "B" or "H" for the --plot sweeps
+    cells: bool = False  # LSTMCell/GRUCell/RNNCell called once per step from Python (T calls, state carried)
 
     @property
     def input_size(self) -> int:
@@ -56,7 +57,8 @@ class Case:
         extra += ["packed"] if self.packed else []
         extra += [self.dtype.replace("float", "f")] if self.dtype != "float32" else []  # f64, bf16, f16
         extra += ["GPU"] if self.device != "cpu" else []
-        return (f"{self.cell:4s} {'train' if self.train else 'infer'} T={self.T} B={self.B} H={self.H}"
+        name = self.cell + "Cell" if self.cells else f"{self.cell:4s}"
+        return (f"{name} {'train' if self.train else 'infer'} T={self.T} B={self.B} H={self.H}"
                 + (f" I={self.I}" if self.I else "") + (" " + " ".join(extra) if extra else ""))
 
     def flops(self) -> float:
@@ -85,6 +87,13 @@ class Result:
 
 def _build(case: Case):
     dtype = getattr(torch, case.dtype)
+    if case.cells:
+        ref = getattr(nn, case.cell + "Cell")(case.input_size, case.H, dtype=dtype).to(case.device)
+        ours = getattr(pyrnn, case.cell + "Cell")(case.input_size, case.H, dtype=dtype).to(case.device)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(case.T, case.B, case.input_size, dtype=dtype, generator=torch.Generator().manual_seed(0))
+        x = x.to(case.device)
+        return ref, ours, lambda: x.requires_grad_(case.train)
     kw = dict(num_layers=case.layers, bidirectional=case.bidirectional, dtype=dtype)
     if case.proj:
         kw["proj_size"] = case.proj
@@ -101,8 +110,26 @@ def _build(case: Case):
     return ref, ours, make_input
 
 
+def _cell_loop(cell: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A cell driven from Python over x: [T, B, I], as streaming code uses one. Returns the sum of the outputs."""
+    state, total = None, 0
+    for t in range(x.shape[0]):
+        state = cell(x[t], state)
+        total = total + (state[0] if isinstance(state, tuple) else state).sum()
+    return total
+
+
 def _step(module: nn.Module, make_input: Callable, train: bool, device: str) -> Callable[[], None]:
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    if isinstance(module, nn.RNNCellBase):
+        def run():
+            module.zero_grad(set_to_none=True)
+            with torch.set_grad_enabled(train):
+                total = _cell_loop(module, make_input())
+            if train:
+                total.backward()
+            sync()
+        return run
     if train:
         def run():
             module.zero_grad(set_to_none=True)
@@ -161,6 +188,8 @@ def standard_grid(quick: bool = False) -> list[Case]:
             ]
     if not quick:
         cases += [Case("LSTM", 50, 32, 256, proj=128, train=True), Case("LSTM", 50, 32, 256, proj=128, train=False)]
+        for cell in cells:  # the cells, one Python call per step
+            cases += [Case(cell, 20, b, 256, train=train, cells=True) for b in (1, 32) for train in (False, True)]
     if torch.cuda.is_available():  # the GPU grid of issue 5: cuDNN's persistent path is off for most of these
         for cell in ("LSTM", "GRU"):
             for dtype in ("float32", "bfloat16"):

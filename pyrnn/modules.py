@@ -170,7 +170,12 @@ def _check_cell_hidden(cell: nn.Module, input: Tensor, hx: Tensor, label: str) -
 
 def _cell_step(mode: str, cell: nn.Module, input: Tensor, h0: Tensor, c0: Optional[Tensor]):
     # One step. input: [B, I], h0/c0: [B, H]. Returns h and c (LSTM) or None.
-    w = functional.LayerWeights(cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    p = cell._parameters
+    if all(n in p for n in names):  # straight from the registry: nn.Module.__getattr__ costs ~0.4 us a name
+        w = functional.LayerWeights(*(p[n] for n in names))
+    else:  # parametrized or replaced weights (torch.nn.utils.parametrize, weight_norm): as attributes
+        w = functional.LayerWeights(*(getattr(cell, n) for n in names))
     return functional.cell(mode, input, h0, c0, w)
 
 

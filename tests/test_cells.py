@@ -76,3 +76,26 @@ def _check_cell(name, input_size, hidden, batch, bias, with_hx, dtype):
         assert_close(g, e, dtype, "output")
     for g, e in zip(got_grads, exp_grads):
         assert_close(g, e, dtype, "grad")
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_parametrized_cell_weights(name):
+    """Weights under torch.nn.utils.parametrize are properties, not registered parameters: still used."""
+    from torch.nn.utils import parametrize
+
+    class Scaled(nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(5, 4)
+    ours = getattr(pyrnn, name)(5, 4)
+    ours.load_state_dict(ref.state_dict())
+    for m in (ref, ours):
+        parametrize.register_parametrization(m, "weight_hh", Scaled())
+    x = torch.randn(3, 5)
+    with forbid_torch_rnn():
+        got = ours(x)
+    exp = ref(x)
+    for g, e in zip(got if isinstance(got, tuple) else (got,), exp if isinstance(exp, tuple) else (exp,)):
+        assert_close(g, e, torch.float32, "output")

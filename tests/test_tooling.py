@@ -38,6 +38,24 @@ def test_torch_compile_forward_and_backward(cls, backend, allow_rnn):
     torch.testing.assert_close(grad, expected_grad)
 
 
+@pytest.mark.parametrize("cls", [pyrnn.LSTMCell, pyrnn.GRUCell, pyrnn.RNNCell])
+def test_torch_compile_cells(cls):
+    """Cells compile into one graph (fullgraph) around the pyrnn::cell op, forward and backward."""
+    torch.manual_seed(0)
+    m = cls(4, 6)
+    x = torch.randn(3, 4, requires_grad=True)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    out = first(m(x))
+    expected = torch.autograd.grad(out.square().sum(), [x, *m.parameters()])
+    torch._dynamo.reset()
+    with forbid_torch_rnn():
+        got = first(torch.compile(m, backend="inductor", fullgraph=True)(x))
+        grads = torch.autograd.grad(got.square().sum(), [x, *m.parameters()])
+    torch.testing.assert_close(got, out)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
+
+
 def test_jit_trace_runs_pyrnn_ops():
     torch.manual_seed(0)
     m = pyrnn.LSTM(3, 5, num_layers=2).eval()
