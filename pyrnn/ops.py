@@ -11,8 +11,12 @@ The forward also returns the workspace its backward needs (empty tensors when sa
 i.e. in inference). The backward is a custom op too, so torch.compile and opcheck see both as opaque ops;
 the weight gradients are single GEMMs over all steps (pyrnn::gemm on the CPU, torch's on GPUs).
 
+Cells (one step, CPU) are a single op, pyrnn::cell: its kernel also computes the input projection, and its
+backward dx and the weight gradients, so a cell call is one trip into C++ each way.
+
 Callers go through apply(op, *args): in plain eager mode it runs the op's implementation, setup_context and
-backward through an autograd.Function (no dispatcher round trips), otherwise the registered custom op.
+backward through an autograd.Function (no dispatcher round trips), or the implementation alone when nothing
+needs a gradient; otherwise the registered custom op.
 Large CPU workspaces come from pyrnn's workspace cache (_workspace), large outputs are huge-page advised.
 """
 
@@ -29,6 +33,8 @@ from . import backend as _backend
 from ._ext import cpu_kernels
 
 __all__ = [
+    "cell",
+    "cell_backward",
     "gemm",
     "linear",
     "lstm_layer",
@@ -874,10 +880,10 @@ def _call(op, *args):
 
 
 def apply(op, *args):
-    """Runs a differentiable pyrnn op (linear, lstm_layer, gru_layer, rnn_layer) with positional arguments:
-    through its autograd.Function in plain eager mode, through the registered custom op otherwise. Same
-    implementation, same backward either way (except that an eager linear's result, a layer's gx, lives in
-    the workspace cache)."""
+    """Runs a differentiable pyrnn op (linear, lstm_layer, gru_layer, rnn_layer, cell) with positional arguments:
+    in plain eager mode through its autograd.Function (or its implementation alone when grad mode is off or no
+    argument requires grad), through the registered custom op otherwise. Same implementation, same backward
+    either way (except that an eager linear's result, a layer's gx, lives in the workspace cache)."""
     if _plain(args):
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
             return _EAGER[op].apply(*args)
