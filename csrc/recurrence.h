@@ -457,20 +457,17 @@ struct CellInput {
   }
   // Otherwise all rows at once with the GEMM (before the step's parallel region).
   void project_all(int nthreads) const {
-    GemmSpec g;
-    g.dtype = std::is_same<T, double>::value ? 1 : 0;
-    g.nthreads = nthreads;
-    g.M = B, g.N = G * H, g.K = I;
-    g.a = reinterpret_cast<uintptr_t>(x), g.sa_m = I, g.sa_k = 1;        // x: [B, I]
-    g.b = reinterpret_cast<uintptr_t>(w_ih), g.sb_k = 1, g.sb_n = I;     // W_ih^T: [I, G*H] in place
-    g.c = reinterpret_cast<uintptr_t>(gx), g.ldc = G * H;
-    gemm(g);
+    run_gemm(nthreads, B, G * H, I, x, I, 1, w_ih, 1, I, gx, G * H);  // x [B, I] W_ih^T (read in place)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t r = 0; r < G * H; ++r) gx[b * G * H + r] += bias(r);
   }
   // Backward, rows too few to pack for: columns [cols) of dx [B, I] = d_gates [B, G*H] W_ih, an axpy per gate row.
   void input_grad_columns(const T* d_gates, T* dx, Range cols) const {
     for (int64_t b = 0; b < B; ++b) axpy_rows(d_gates + b * G * H, G * H, w_ih, I, cols, dx + b * I);
+  }
+  // Otherwise one GEMM (after the backward's parallel region).
+  void input_grad(const T* d_gates, T* dx, int nthreads) const {
+    run_gemm(nthreads, B, I, G * H, d_gates, G * H, 1, w_ih, I, 1, dx, I);
   }
   // Rows too few to pack for: rows [rows) of the weight gradients, each a sum over the B rows of outer products.
   void weight_grad_rows(const T* d_gates, const T* d_gates_h, Range rows) const {
@@ -487,43 +484,37 @@ struct CellInput {
     for (int64_t r = rows.begin; r < rows.end; ++r) {
       if (dw_ih) outer_row(d_gates, r, x, I, dw_ih + r * I);
       if (dw_hh) outer_row(d_gates_h, r, h0, Hin, dw_hh + r * Hin);
-      T si = T(0), sh = T(0);
-      for (int64_t b = 0; b < B; ++b) si += d_gates[b * GH + r], sh += d_gates_h[b * GH + r];
-      if (db_ih) db_ih[r] = si;
-      if (db_hh) db_hh[r] = sh;
     }
+    bias_grads(d_gates, d_gates_h, rows);
   }
-  // Otherwise GEMMs (after the backward's parallel region): dW = d_gates^T [G*H, B] times x or h0.
+  // Otherwise GEMMs (after the backward's parallel region): dW = d_gates^T [G*H, B] (read in place) times x or h0.
   void weight_grads(const T* d_gates, const T* d_gates_h, int nthreads) const {
     const int64_t GH = G * H;
-    auto outer = [&](const T* dg, const T* v, int64_t n, T* out) {
-      GemmSpec g;
-      g.dtype = std::is_same<T, double>::value ? 1 : 0;
-      g.nthreads = nthreads;
-      g.M = GH, g.N = n, g.K = B;
-      g.a = reinterpret_cast<uintptr_t>(dg), g.sa_m = 1, g.sa_k = GH;  // d_gates^T in place
-      g.b = reinterpret_cast<uintptr_t>(v), g.sb_k = n, g.sb_n = 1;
-      g.c = reinterpret_cast<uintptr_t>(out), g.ldc = n;
-      gemm(g);
-    };
-    if (dw_ih) outer(d_gates, x, I, dw_ih);
-    if (dw_hh) outer(d_gates_h, h0, Hin, dw_hh);
-    for (int64_t r = 0; r < GH; ++r) {
+    if (dw_ih) run_gemm(nthreads, GH, I, B, d_gates, 1, GH, x, I, 1, dw_ih, I);
+    if (dw_hh) run_gemm(nthreads, GH, Hin, B, d_gates_h, 1, GH, h0, Hin, 1, dw_hh, Hin);
+    bias_grads(d_gates, d_gates_h, Range{0, GH});
+  }
+
+ private:
+  void bias_grads(const T* d_gates, const T* d_gates_h, Range rows) const {
+    const int64_t GH = G * H;
+    for (int64_t r = rows.begin; r < rows.end; ++r) {
       T si = T(0), sh = T(0);
       for (int64_t b = 0; b < B; ++b) si += d_gates[b * GH + r], sh += d_gates_h[b * GH + r];
       if (db_ih) db_ih[r] = si;
       if (db_hh) db_hh[r] = sh;
     }
   }
-  // Otherwise one GEMM (after the backward's parallel region).
-  void input_grad(const T* d_gates, T* dx, int nthreads) const {
+  // c [M, N] (row stride ldc) = a [M, K] b [K, N], operands by element strides.
+  static void run_gemm(int nthreads, int64_t M, int64_t N, int64_t K, const T* a, int64_t sa_m, int64_t sa_k,
+                       const T* b, int64_t sb_k, int64_t sb_n, T* c, int64_t ldc) {
     GemmSpec g;
     g.dtype = std::is_same<T, double>::value ? 1 : 0;
     g.nthreads = nthreads;
-    g.M = B, g.N = I, g.K = G * H;
-    g.a = reinterpret_cast<uintptr_t>(d_gates), g.sa_m = G * H, g.sa_k = 1;  // d_gates: [B, G*H]
-    g.b = reinterpret_cast<uintptr_t>(w_ih), g.sb_k = I, g.sb_n = 1;         // W_ih: [G*H, I]
-    g.c = reinterpret_cast<uintptr_t>(dx), g.ldc = I;
+    g.M = M, g.N = N, g.K = K;
+    g.a = reinterpret_cast<uintptr_t>(a), g.sa_m = sa_m, g.sa_k = sa_k;
+    g.b = reinterpret_cast<uintptr_t>(b), g.sb_k = sb_k, g.sb_n = sb_n;
+    g.c = reinterpret_cast<uintptr_t>(c), g.ldc = ldc;
     gemm(g);
   }
 };

@@ -655,8 +655,9 @@ rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
 #
 # A cell (one step) on the CPU is one op: the kernel computes the input projection W_ih x itself, in the same
 # pass over the weights as the gates (dot products with the weight rows at one or two rows, the GEMM beyond),
-# and its backward returns dx with the gate gradients. Per call that is one trip into C++ each way instead of a
-# projection op and a layer op, which at B=1 cost more than the arithmetic.
+# and its backward returns dx and the weight and bias gradients. Per call that is one trip into C++ each way
+# instead of a projection op, a layer op and four more calls for the weight gradients, which at B=1 cost more
+# than the arithmetic.
 
 _CELL_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _CELL_MODE_IDS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}  # as pyrnn._C.cell_forward numbers them
@@ -673,7 +674,7 @@ def _validate_cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> int:
         raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_scalar_name(x)} and {_scalar_name(w_ih)}")
     B, I = x.shape if x.dim() == 2 else (-1, -1)
     H = h0.shape[1] if h0.dim() == 2 else -1
-    if not (B > 0 and I > 0 and H > 0 and h0.shape[0] == B and w_ih.shape == (gates * H, I)
+    if not (B >= 0 and I > 0 and H > 0 and h0.shape[0] == B and w_ih.shape == (gates * H, I)
             and w_hh.shape == (gates * H, H)):
         raise _error(
             f"{mode} cell: inconsistent shapes x {tuple(x.shape)}, h0 {tuple(h0.shape)}, w_ih {tuple(w_ih.shape)}, "
@@ -715,6 +716,8 @@ def _cell_impl(
     c = x.new_empty(B, H) if G == 4 else x.new_empty(0)
     gates = x.new_empty(B, G * H) if save_workspace and G > 1 else x.new_empty(0)
     gh_n = x.new_empty(B, H) if save_workspace and G == 3 else x.new_empty(0)
+    if B == 0:  # an empty batch, as torch.nn's cells allow
+        return h, c, gates, gh_n
     cpu_kernels().cell_forward(
         _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
         h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), 0,
@@ -773,6 +776,8 @@ def _cell_backward_impl(
     dx, dh0, dc0 = new(B, I), new(B, H), new(B, H) if G == 4 else new(0)
     dw_ih, dw_hh = (new(G * H, I), new(G * H, H)) if weight_grads else (new(0), new(0))
     db_ih, db_hh = (new(G * H), new(G * H)) if weight_grads and bias_grads else (new(0), new(0))
+    if B == 0:  # nothing to sum over: zero weight gradients
+        return dx, dh0, dc0, dw_ih.zero_(), dw_hh.zero_(), db_ih.zero_(), db_hh.zero_()
     cpu_kernels().cell_backward(
         _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
         h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), h.data_ptr(), _ptr(c), _ptr(gates), _ptr(gh_n),

@@ -25,12 +25,12 @@ def test_cell_matches_torch(name, hidden, batch, bias, with_hx, dtype):
 
 
 @pytest.mark.parametrize("name", CELLS)
-@pytest.mark.parametrize("input_size,hidden,batch", [(9, 40, 1), (5, 17, 2), (3, 70, 9), (40, 33, 37)])
+@pytest.mark.parametrize("input_size,hidden,batch", [(9, 40, 1), (5, 17, 2), (3, 70, 9), (40, 33, 37), (4, 5, 0)])
 @pytest.mark.parametrize("threaded", [False, True])
 def test_cell_kernel_paths(name, input_size, hidden, batch, threaded):
     """Every way the cell kernel runs a step: dot products with the weight rows (one or two rows, one thread or
     units split over threads, hidden sizes not a multiple of the SIMD width) and, from a few rows on, the
-    input projection and dx as GEMMs around the packed recurrent step."""
+    input projection, dx and the weight gradients as GEMMs around the packed recurrent step; an empty batch."""
     old = _C.get_parallel_threshold()
     if threaded:
         _C.set_parallel_threshold(1)
@@ -51,7 +51,7 @@ def _check_cell(name, input_size, hidden, batch, bias, with_hx, dtype):
     ref = CELLS[name](input_size, hidden, **kw)
     ours = getattr(pyrnn, name.split("_")[0])(input_size, hidden, **kw)
     ours.load_state_dict(ref.state_dict())
-    shape = (batch,) if batch else ()
+    shape = (batch,) if batch is not None else ()
     x = torch.randn(*shape, input_size, dtype=dtype, requires_grad=True)
     hx = None
     if with_hx:
