@@ -99,3 +99,24 @@ def test_parametrized_cell_weights(name):
     exp = ref(x)
     for g, e in zip(got if isinstance(got, tuple) else (got,), exp if isinstance(exp, tuple) else (exp,)):
         assert_close(g, e, torch.float32, "output")
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("batch", [1, 9])
+def test_cell_frozen_weights_and_input(name, batch):
+    """Only the state requires grad (frozen weights, data input): the kernel skips the weight gradients and
+    the state's gradient still matches torch.nn's."""
+    torch.manual_seed(batch)
+    ref = getattr(nn, name)(6, 20).requires_grad_(False)
+    ours = getattr(pyrnn, name)(6, 20).requires_grad_(False)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, 6)
+    h = torch.randn(batch, 20, requires_grad=True)
+    hx = (h, torch.randn(batch, 20)) if name == "LSTMCell" else h
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    upstream = torch.randn(batch, 20)
+    (expected,) = torch.autograd.grad(first(ref(x, hx)), h, upstream)
+    with forbid_torch_rnn():
+        (got,) = torch.autograd.grad(first(ours(x, hx)), h, upstream)
+    assert_close(got, expected, torch.float32, "grad h0")
+    assert all(p.grad is None for p in ours.parameters())
