@@ -171,6 +171,8 @@ RecurrenceArgs cell_args(int mode, int dtype, int nthreads, int64_t B, int64_t I
   return a;
 }
 
+int64_t cell_gates(int mode) { return mode == 0 ? 4 : mode == 1 ? 3 : 1; }
+
 Kernel KernelSet::*cell_kernel(int mode, bool backward) {
   if (mode == 0) return backward ? &KernelSet::lstm_backward : &KernelSet::lstm_forward;
   if (mode == 1) return backward ? &KernelSet::gru_backward : &KernelSet::gru_forward;
@@ -183,7 +185,7 @@ void cell_forward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int64
                   uintptr_t c0, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t gx,
                   uintptr_t h, uintptr_t c, uintptr_t gates, uintptr_t gh_n) {
   RecurrenceArgs a = cell_args(mode, dtype, nthreads, B, I, H, x, w_ih, w_hh);
-  const int64_t G = mode == 0 ? 4 : mode == 1 ? 3 : 1;
+  const int64_t G = cell_gates(mode);
   std::vector<double> gx_scratch(gx ? 0 : static_cast<size_t>(B * G * H));  // doubles: room for either dtype
   a.h0 = h0, a.c0 = c0, a.b_ih = b_ih, a.b_hh = b_hh;
   a.gx = gx ? gx : reinterpret_cast<uintptr_t>(gx_scratch.data());
@@ -202,7 +204,7 @@ void cell_backward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int6
                    uintptr_t gh_n, uintptr_t dh, uintptr_t dc, uintptr_t dx, uintptr_t dh0, uintptr_t dc0,
                    uintptr_t dw_ih, uintptr_t dw_hh, uintptr_t db_ih, uintptr_t db_hh) {
   RecurrenceArgs a = cell_args(mode, dtype, nthreads, B, I, H, x, w_ih, w_hh);
-  const int64_t G = mode == 0 ? 4 : mode == 1 ? 3 : 1;
+  const int64_t G = cell_gates(mode);
   // dh arrives as dy and dh_n is zero; the gate gradients and the driver's two-step rings (which a single step
   // only names) are scratch. doubles: room for either dtype.
   std::vector<double> zeros(static_cast<size_t>(B * H), 0.0), scratch(static_cast<size_t>(4 * B * H + 2 * B * G * H));

@@ -30,6 +30,11 @@ class LayerWeights(NamedTuple):
     w_hr: Optional[Tensor] = None  # [P, H]
 
 
+def time_major_batch_sizes(T: int, B: int) -> Tensor:
+    """batch_sizes of a padded [T, B, *] input: every step has all B rows."""
+    return torch.full((T,), B, dtype=torch.int64)
+
+
 def _needs_workspace(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -73,8 +78,7 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
         save = _needs_workspace(x, h0, c0, *w)
         h, c, *_ = ops.apply(ops.cell, mode, x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, save)
         return h, (c if mode == "LSTM" else None)
-    steps = torch.full((1,), x.shape[0], dtype=torch.int64)
-    h, _, c = layer_direction(mode, x, steps, h0, c0, w, reverse=False)
+    h, _, c = layer_direction(mode, x, time_major_batch_sizes(1, x.shape[0]), h0, c0, w, reverse=False)
     return h, c
 
 

@@ -18,10 +18,6 @@ from . import functional
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
 
-def _time_major_batch_sizes(T: int, B: int) -> Tensor:
-    return torch.full((T,), B, dtype=torch.int64)
-
-
 class _RecurrentMixin:
     """forward() for RNN, LSTM and GRU, shared; the torch.nn base class supplies everything else."""
 
@@ -103,7 +99,7 @@ class _RecurrentMixin:
             T, B = x.shape[0], x.shape[1]
             if T == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-            packed_x, steps = x.reshape(T * B, x.shape[2]), _time_major_batch_sizes(T, B)
+            packed_x, steps = x.reshape(T * B, x.shape[2]), functional.time_major_batch_sizes(T, B)
         else:
             packed_x, steps = input, batch_sizes
 

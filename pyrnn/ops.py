@@ -860,22 +860,15 @@ _IMPLS = {
     rnn_layer_backward: _rnn_layer_backward_impl,
     cell_backward: _cell_backward_impl,
 }
-_EAGER = {
-    linear: _eager_function(linear, _projection_impl, _linear_setup_context, _linear_backward),
-    lstm_layer: _eager_function(lstm_layer, _lstm_layer_impl, _lstm_setup_context, _lstm_backward),
-    gru_layer: _eager_function(gru_layer, _gru_layer_impl, _gru_setup_context, _gru_backward),
-    rnn_layer: _eager_function(rnn_layer, _rnn_layer_impl, _rnn_setup_context, _rnn_backward),
-    cell: _eager_function(cell, _cell_impl, _cell_setup_context, _cell_backward),
+# Differentiable ops: (the implementation eager calls run, setup_context, backward).
+_DIFFERENTIABLE = {
+    linear: (_projection_impl, _linear_setup_context, _linear_backward),
+    lstm_layer: (_lstm_layer_impl, _lstm_setup_context, _lstm_backward),
+    gru_layer: (_gru_layer_impl, _gru_setup_context, _gru_backward),
+    rnn_layer: (_rnn_layer_impl, _rnn_setup_context, _rnn_backward),
+    cell: (_cell_impl, _cell_setup_context, _cell_backward),
 }
-
-
-_FORWARD_IMPLS = {
-    linear: _projection_impl,
-    lstm_layer: _lstm_layer_impl,
-    gru_layer: _gru_layer_impl,
-    rnn_layer: _rnn_layer_impl,
-    cell: _cell_impl,
-}
+_EAGER = {op: _eager_function(op, *spec) for op, spec in _DIFFERENTIABLE.items()}
 
 
 def _call(op, *args):
@@ -892,5 +885,5 @@ def apply(op, *args):
     if _plain(args):
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
             return _EAGER[op].apply(*args)
-        return _FORWARD_IMPLS[op](*args)  # nothing for autograd to record: the implementation alone
+        return _DIFFERENTIABLE[op][0](*args)  # nothing for autograd to record: the implementation alone
     return op(*args)
