@@ -17,6 +17,7 @@ struct GruCell {
   static constexpr int NU = 1;
   static constexpr bool kHasDirectPath = true;  // dL/dh_prev gets dh * z besides W_hh^T dG
   static constexpr int kFoldedHiddenBiasGates = 2;  // r, z: b_hn sits inside r * (...)
+  static constexpr bool kPrefetchGx = false;  // its epilogue hides gx latency (measured: no gain)
 
   int64_t H, ys;
   const T* gx;         // [N, 3H]

@@ -16,6 +16,7 @@ struct LstmCell {
   static constexpr int NU = 1;  // unit vectors per forward panel: 4 gates x 1 vector
   static constexpr bool kHasDirectPath = false;
   static constexpr int kFoldedHiddenBiasGates = 4;  // b_hh adds to every gate outside the cell math
+  static constexpr bool kPrefetchGx = false;  // its epilogue hides gx latency (measured: no gain)
 
   int64_t H, P, B, ys;
   const T* gx;      // [N, 4H]
