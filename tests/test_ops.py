@@ -83,6 +83,11 @@ def test_backward_without_workspace_is_a_clear_error():
     outs = ops.lstm_layer(a["gx"], a["w_hh"], None, a["h0"], a["c0"], a["batch_sizes"], False, False)
     with pytest.raises(RuntimeError, match="save_workspace=False"):
         outs[0].sum().backward()
+    x = torch.randn(2, 3, requires_grad=True)
+    for call in (ops.cell, lambda *args: ops.apply(ops.cell, *args)):  # registered op, eager path
+        h, *_ = call("GRU", x, torch.randn(2, 4), None, torch.randn(12, 3), torch.randn(12, 4), None, None, False)
+        with pytest.raises(RuntimeError, match="save_workspace=False"):
+            h.sum().backward()
 
 
 def test_double_backward_raises_clearly():
