@@ -61,6 +61,9 @@ def finish_forward(mode: str, y: Tensor, ws: dict, batch_sizes: Tensor, reverse:
     last = last_rows(batch_sizes, reverse, y.device)
     h_n = y.index_select(0, last).to(out_dtype)
     c_n = ws["cell"].index_select(0, last).to(out_dtype) if mode == "LSTM" else None
+    # The ops declare the workspace in the caller's dtype (their fake implementations say so, and the weight
+    # gradients multiply it with d_gates of that dtype): half types keep float32 only inside the kernels.
+    ws = {k: v.to(out_dtype) for k, v in ws.items()}
     return y.to(out_dtype), h_n, c_n, ws
 
 

@@ -195,7 +195,10 @@ def standard_grid(quick: bool = False) -> list[Case]:
             for dtype in ("float32", "bfloat16"):
                 cases += [Case(cell, 1024 if not quick else 256, 16, 1024, dtype=dtype, device="cuda"),
                           Case(cell, 256, 1, 512, dtype=dtype, device="cuda"),
+                          Case(cell, 256, 16, 512, dtype=dtype, device="cuda"),
                           Case(cell, 256, 16, 256, layers=2, bidirectional=True, dtype=dtype, device="cuda")]
+        cases += [Case("RNN", 256, 16, 512, device="cuda"), Case("LSTM", 256, 16, 512, dtype="float16", device="cuda"),
+                  Case("LSTM", 100, 64, 256, device="cuda"), Case("LSTM", 100, 64, 256, train=False, device="cuda")]
     return cases
 
 
@@ -277,6 +280,11 @@ def tune_malloc() -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
+def _peak_share(r: Result, peak: float) -> str:
+    """pyrnn's GFLOP/s as a share of the CPU's measured FMA peak; GPU cases have no such peak here."""
+    return f"{100 * r.pyrnn_gflops / peak:.0f}%" if r.case.device == "cpu" else "n/a (GPU)"
+
+
 def format_table(results: list[Result], peak: Optional[float] = None) -> str:
     head = f"{'case':48s} {'torch.nn ms':>12s} {'pyrnn ms':>10s} {'speedup':>8s} {'pyrnn GF/s':>11s} {'torch GF/s':>11s}"
     head += f" {'pyrnn %peak':>12s}" if peak else ""
@@ -284,7 +292,7 @@ def format_table(results: list[Result], peak: Optional[float] = None) -> str:
     for r in results:
         line = (f"{r.case.label():48s} {r.torch_ms:12.2f} {r.pyrnn_ms:10.2f} {r.ratio:7.2f}x "
                 f"{r.pyrnn_gflops:11.1f} {r.torch_gflops:11.1f}")
-        lines.append(line + (f" {100 * r.pyrnn_gflops / peak:11.0f}%" if peak else ""))
+        lines.append(line + (f" {_peak_share(r, peak):>12s}" if peak else ""))
     ratios = [r.ratio for r in results]
     if ratios:
         lines.append("-" * len(head))
@@ -303,7 +311,7 @@ def markdown_table(results: list[Result], peak: Optional[float] = None) -> str:
             continue
         line = (f"| {' '.join(r.case.label().split())} | {r.torch_ms:.2f} | {r.pyrnn_ms:.2f} | {r.ratio:.2f}x | "
                 f"{r.pyrnn_gflops:.0f} | {r.torch_gflops:.0f} |")
-        lines.append(line + (f" {100 * r.pyrnn_gflops / peak:.0f}% |" if peak else ""))
+        lines.append(line + (f" {_peak_share(r, peak)} |" if peak else ""))
     ratios = [r.ratio for r in results if not r.case.sweep]
     if ratios:
         lines.append("")
@@ -354,11 +362,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     p.add_argument("--plot", metavar="PATH", help="also write a PNG of the speedups (needs matplotlib)")
+    p.add_argument("--gpu-only", action="store_true", help="only the GPU cases (needs a CUDA GPU)")
+    p.add_argument("--backend", choices=pyrnn.backend.BACKENDS, default="auto",
+                   help="the kernels pyrnn runs (pyrnn.set_backend); default: chosen by device")
     args = p.parse_args(argv)
+    pyrnn.set_backend(args.backend)
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = [c for c in standard_grid(args.quick) if not args.cell or c.cell in args.cell]
+    if args.gpu_only:
+        cases = [c for c in cases if c.device != "cpu"]
     info = machine_info()
+    info["backend"] = args.backend
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
     info["malloc_tuned"] = tune_malloc() if args.tune_malloc else False
     info["fma_peak_gflops"] = peak = fma_peak_gflops()
     print(f"pyrnn {info['pyrnn']} vs torch {info['torch']} on {info.get('cpu', info['machine'])}, "
@@ -369,6 +386,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     for i, case in enumerate(cases):
         _progress(i, len(cases), case.label())
         results.append(time_case(case, min_time=args.min_time))
+        if not sys.stderr.isatty():  # logs keep every finished case, also when a run is cut short
+            r = results[-1]
+            sys.stderr.write(f"    torch {r.torch_ms:.3f} ms, pyrnn {r.pyrnn_ms:.3f} ms, {r.ratio:.2f}x\n")
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(format_table(results, peak))

@@ -12,6 +12,22 @@ from ._ext import cpu_kernels
 from .kernels import host_common as hc
 
 NAMES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}
+_resident = True
+
+
+def set_resident(enabled: bool) -> None:
+    """Use the weight-resident persistent kernels (csrc/cuda/resident.cuh) where they take a layer (float32
+    compute, no projection), else the row-block kernels; False forces the row-block kernels (for testing)."""
+    global _resident
+    _resident = bool(enabled)
+
+
+def _run_resident(mode: str, a, backward: bool, bs: Tensor, offsets: Tensor, stream: int, device) -> bool:
+    """Launches the resident kernel; False where it does not take this layer (the caller falls back)."""
+    if not _resident:
+        return False
+    counter = torch.empty(1, dtype=torch.int32, device=device)  # grid barrier; zeroed by the launch
+    return getattr(_module(), f"{NAMES[mode]}_resident")(a, backward, _p(bs), _p(offsets), _p(counter), stream)
 
 
 def _module():
@@ -41,11 +57,13 @@ def forward(mode, gx, w_hh, h0, batch_sizes, reverse, save, c0=None, w_hr=None, 
     y, ws = hc.forward_buffers(mode, gx, N, H, P, save)
     a = _args(mode, dt, T, B, H, P, reverse)
     a.gx, a.w_hr, a.b_hn, a.h0, a.c0, a.y = _p(gx), _p(w_hr), _p(b_hn), _p(h0), _p(c0), _p(y)
+    a.w_hh = _p(w_hh)
     a.cell, a.proj_in, a.gates, a.gh_n, a.h_prev_ws = (_p(ws[k]) for k in ("cell", "proj_in", "gates", "gh_n", "h_prev"))
-    w_hh_t = w_hh.t().contiguous()  # [Hin, G*H]: consecutive threads read consecutive units
     bs, offsets = hc.schedule(batch_sizes, gx.device)
     stream = torch.cuda.current_stream(gx.device).cuda_stream
-    getattr(_module(), f"{NAMES[mode]}_forward")(a, _p(w_hh_t), _p(bs), _p(offsets), stream)
+    if not _run_resident(mode, a, False, bs, offsets, stream, gx.device):
+        w_hh_t = w_hh.t().contiguous()  # [Hin, G*H]: consecutive threads read consecutive units
+        getattr(_module(), f"{NAMES[mode]}_forward")(a, _p(w_hh_t), _p(bs), _p(offsets), stream)
     return hc.finish_forward(mode, y, ws, batch_sizes, reverse, out_dt)
 
 
@@ -65,5 +83,6 @@ def backward(mode, dy, dh_n, w_hh, batch_sizes, reverse, ws, dc_n=None, c0=None,
     a.dh_prev_ws, a.dc_prev_ws = _p(out["dh_ring"]), _p(out["dc_ring"])
     bs, offsets = hc.schedule(batch_sizes, dy.device)
     stream = torch.cuda.current_stream(dy.device).cuda_stream
-    getattr(_module(), f"{NAMES[mode]}_backward")(a, _p(bs), _p(offsets), stream)
+    if not _run_resident(mode, a, True, bs, offsets, stream, dy.device):
+        getattr(_module(), f"{NAMES[mode]}_backward")(a, _p(bs), _p(offsets), stream)
     return hc.finish_backward(mode, out, out_dt)

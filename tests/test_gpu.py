@@ -1,52 +1,137 @@
-"""GPU backends on a CUDA device against torch.nn (cuDNN): skipped, with the reason, where there is no GPU.
-The CUDA sources are compiled wherever nvcc is found (setup.py); that much is checked everywhere."""
+"""GPU backends on a CUDA device against torch.nn: skipped, with the reason, where there is no GPU.
+The CUDA sources are compiled wherever nvcc is found (setup.py); that much is checked everywhere.
+
+Paths: "triton" (pyrnn/kernels), "cuda" (the weight-resident persistent kernels of csrc/cuda/resident.cuh
+where they take a layer, float32 compute without projection), "cuda-rowblock" (csrc/cuda/recurrence.cuh's
+row-block kernels, forced)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import shutil
 
 import pytest
 import torch
 
 import pyrnn
+from conftest import forbid_torch_rnn
 from test_modules import Config, make_inputs, make_pair, random_configs, run
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+PATHS = ["triton", "cuda", "cuda-rowblock"]
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit (nvcc) here, so no CUDA build to check")
 def test_cuda_sources_were_compiled():
     from pyrnn import _cuda
 
-    assert hasattr(_cuda, "lstm_forward") and hasattr(_cuda, "gru_backward")
+    assert hasattr(_cuda, "lstm_forward") and hasattr(_cuda, "gru_backward") and hasattr(_cuda, "rnn_resident")
+
+
+@contextlib.contextmanager
+def gpu_path(path: str):
+    ok = pyrnn.backends()[path.split("-")[0]]["available"]
+    if not ok:
+        pytest.skip(pyrnn.backends()[path.split("-")[0]]["reason"])
+    from pyrnn import cuda_launch
+
+    pyrnn.set_backend(path.split("-")[0])
+    cuda_launch.set_resident(path != "cuda-rowblock")
+    try:
+        yield
+    finally:
+        pyrnn.set_backend("auto")
+        cuda_launch.set_resident(True)
+
+
+def _to_gpu(hx):
+    return None if hx is None else (tuple(h.cuda() for h in hx) if isinstance(hx, tuple) else hx.cuda())
+
+
+def check_against_cpu(cfg: Config, path: str, tol: dict):
+    """pyrnn on the GPU against CPU torch.nn (same weights, inputs and upstream gradients), with torch's
+    recurrent kernels made to raise during the pyrnn call."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    ref, ours = make_pair(cfg)
+    x, lengths, hx = make_inputs(cfg, gen)
+    exp_out, exp_grads = run(ref, cfg, x, lengths, hx, cfg.seed, cfg.seed + 1)
+    with gpu_path(path):
+        got_out, got_grads = run(ours.cuda(), cfg, x.cuda(), lengths, _to_gpu(hx), cfg.seed, cfg.seed + 1, forbid=True)
+    for g, e in zip(got_out, exp_out):
+        torch.testing.assert_close(g.cpu(), e, **tol)
+    for name in exp_grads:
+        torch.testing.assert_close(got_grads[name].cpu(), exp_grads[name], **tol, msg=lambda m: f"grad {name}: {m}")
 
 
 @needs_gpu
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cfg", [c for c in random_configs(320, seed=7) if c.hidden_size <= 33][:24], ids=str)
-def test_gpu_backend_matches_torch_nn(cfg: Config, backend):
-    ok = pyrnn.backends()[backend]["available"]
-    if not ok:
-        pytest.skip(pyrnn.backends()[backend]["reason"])
+def test_gpu_backend_matches_torch_nn(cfg: Config, path):
     if cfg.dropout > 0 and cfg.training and cfg.num_layers > 1:
         # The reference is CPU torch.nn, whose masks come from the CPU generator and ours from the CUDA one, so
         # outputs cannot match. Dropout between layers is backend-independent Python (functional.recurrence); the
         # Triton kernels run such configurations against torch.nn under TRITON_INTERPRET in test_triton.py.
         pytest.skip("dropout masks differ between the CPU reference's generator and the CUDA one")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    ref, ours = make_pair(cfg)
-    x, lengths, hx = make_inputs(cfg, gen)
-    exp_out, exp_grads = run(ref, cfg, x, lengths, hx, cfg.seed, cfg.seed + 1)  # CPU torch.nn as the reference
-    pyrnn.set_backend(backend)
-    try:
-        ours = ours.cuda()
-        hx_gpu = None if hx is None else (tuple(h.cuda() for h in hx) if isinstance(hx, tuple) else hx.cuda())
-        got_out, got_grads = run(ours, cfg, x.cuda(), lengths, hx_gpu, cfg.seed, cfg.seed + 1)
-    finally:
-        pyrnn.set_backend("auto")
     tol = dict(rtol=1e-4, atol=1e-5) if cfg.dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
-    for g, e in zip(got_out, exp_out):
-        torch.testing.assert_close(g.cpu(), e, **tol)
-    for name in exp_grads:
-        torch.testing.assert_close(got_grads[name].cpu(), exp_grads[name], **tol)
+    check_against_cpu(cfg, path, tol)
+
+
+def _layer(cell, H, B, T, bidirectional=False, packed="no", seed=0, nonlinearity="tanh", layers=1):
+    return Config(cell=cell, input_size=24, hidden_size=H, num_layers=layers, bias=True, batch_first=False,
+                  dropout=0.0, bidirectional=bidirectional, proj_size=0, nonlinearity=nonlinearity, T=T, B=B,
+                  packed=packed, unbatched=False, with_hx=True, training=True, dtype=torch.float32, seed=seed)
+
+
+# Sizes where the resident kernels use several units per block, several warps per reduction, more rows than one
+# shared-memory chunk (B=40 > 32), packed and reversed schedules.
+LARGER = [
+    _layer("LSTM", 1024, 2, 6), _layer("LSTM", 300, 40, 5, bidirectional=True, packed="unsorted", seed=1),
+    _layer("GRU", 1024, 3, 5, seed=2), _layer("GRU", 200, 40, 6, bidirectional=True, packed="sorted", seed=3),
+    _layer("RNN", 700, 5, 7, seed=4), _layer("RNN", 129, 37, 5, packed="unsorted", nonlinearity="relu", seed=5),
+    _layer("LSTM", 256, 16, 8, layers=2, bidirectional=True, seed=6),
+]
+
+
+@needs_gpu
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("cfg", LARGER, ids=str)
+def test_gpu_larger_layers_float32(cfg: Config, path):
+    """float32 on the GPU against CPU torch.nn in float32 (the same upstream gradients need the same dtype):
+    the difference is float32 rounding in two summation orders."""
+    cfg = dataclasses.replace(cfg, dtype=torch.float32)
+    tol = dict(rtol=1e-3, atol=1e-4)
+    check_against_cpu(cfg, path, tol)
+
+
+@needs_gpu
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_gpu_half_types(cell, dtype, path):
+    """bf16/fp16 layers (float32 inside the kernels) against the float32 computation on the same rounded
+    weights and inputs: outputs and every gradient within the half type's rounding."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, cell)(24, 64, num_layers=2, bidirectional=True).cuda()
+    ours = getattr(pyrnn, cell)(24, 64, num_layers=2, bidirectional=True).cuda()
+    ours.load_state_dict(ref.state_dict())
+    ours = ours.to(dtype)
+    ref = ref.to(dtype).float()  # the same rounded weights, computed in float32
+    x = torch.randn(30, 8, 24, device="cuda").to(dtype)
+    with gpu_path(path), forbid_torch_rnn():
+        x_ours = x.clone().requires_grad_()
+        out, h = ours(x_ours)
+    x_ref = x.float().requires_grad_()
+    out_ref, h_ref = ref(x_ref)
+    assert out.dtype == dtype and (h[0] if isinstance(h, tuple) else h).dtype == dtype
+    g = torch.randn_like(out_ref)
+    with gpu_path(path), forbid_torch_rnn():
+        out.backward(g.to(dtype))
+    out_ref.backward(g)
+    rel = lambda a, b: ((a.float() - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(out, out_ref) < 2e-2
+    assert rel(x_ours.grad, x_ref.grad) < 3e-2
+    for (name, p), (_, p_ref) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert p.grad.dtype == dtype
+        assert rel(p.grad, p_ref.grad) < 3e-2, name

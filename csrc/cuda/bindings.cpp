@@ -27,6 +27,13 @@ PYBIND11_MODULE(_cuda, m) {
   });                                                                                                          \
   m.def(#cell "_backward", [](const RecurrenceArgs& a, uintptr_t bs, uintptr_t off, uintptr_t s) {              \
     check(pyrnn::cuda::cell##_backward(a, bs, off, s), #cell "_backward");                                     \
+  });                                                                                                          \
+  m.def(#cell "_resident", [](const RecurrenceArgs& a, bool backward, uintptr_t bs, uintptr_t off, uintptr_t counter, \
+                              uintptr_t s) {                                                                   \
+    const int err = pyrnn::cuda::cell##_resident(a, backward, bs, off, counter, s);                            \
+    if (err == pyrnn::cuda::kNotResident) return false;                                                        \
+    check(err, #cell "_resident");                                                                             \
+    return true;                                                                                               \
   });
   PYRNN_BIND(lstm)
   PYRNN_BIND(gru)

@@ -14,7 +14,13 @@ namespace cuda {
 #define PYRNN_CUDA_DECLARE(cell)                                                                              \
   int cell##_forward(const RecurrenceArgs& a, uintptr_t w_hh_t, uintptr_t batch_sizes, uintptr_t offsets,     \
                      uintptr_t stream);                                                                       \
-  int cell##_backward(const RecurrenceArgs& a, uintptr_t batch_sizes, uintptr_t offsets, uintptr_t stream);
+  int cell##_backward(const RecurrenceArgs& a, uintptr_t batch_sizes, uintptr_t offsets, uintptr_t stream);  \
+  int cell##_resident(const RecurrenceArgs& a, bool backward, uintptr_t batch_sizes, uintptr_t offsets,       \
+                      uintptr_t counter, uintptr_t stream);
+
+// cell##_resident runs the weight-resident kernels (resident.cuh; a.w_hh [G*H, H] float32, counter: one
+// zeroed-by-the-kernel uint32 on the device) and returns kNotResident where they do not take the layer.
+constexpr int kNotResident = -1;
 
 PYRNN_CUDA_DECLARE(lstm)
 PYRNN_CUDA_DECLARE(gru)
@@ -38,6 +44,15 @@ PYRNN_CUDA_DECLARE(rnn)
     if (a.dtype == static_cast<int>(DType::kFloat64))                                                         \
       return launch_backward<double, Cell<double>>(a, bs, off, s);                                            \
     return launch_backward<float, Cell<float>>(a, bs, off, s);                                                \
+  }                                                                                                           \
+  int cell##_resident(const RecurrenceArgs& a, bool backward, uintptr_t batch_sizes, uintptr_t offsets,       \
+                      uintptr_t counter, uintptr_t stream) {                                                  \
+    const resident::Plan p = resident::plan_for_device(Cell<float>::G, a, backward);                          \
+    if (!p.ok) return kNotResident;                                                                           \
+    return resident::launch<Cell<float>>(backward, a, reinterpret_cast<const int64_t*>(batch_sizes),          \
+                                         reinterpret_cast<const int64_t*>(offsets),                           \
+                                         reinterpret_cast<unsigned*>(counter),                                \
+                                         p, reinterpret_cast<cudaStream_t>(stream));                          \
   }
 
 }  // namespace cuda

@@ -3,6 +3,7 @@
 // h' = (1-z)*n + z*h.
 #include "cells.h"
 #include "recurrence.cuh"
+#include "resident.cuh"
 
 namespace pyrnn {
 namespace cuda {

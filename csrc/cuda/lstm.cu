@@ -2,6 +2,7 @@
 // Gates i, f, g, o; c' = f*c + i*g; h' = o*tanh(c'); with a projection the state is W_hr h'.
 #include "cells.h"
 #include "recurrence.cuh"
+#include "resident.cuh"
 
 namespace pyrnn {
 namespace cuda {

@@ -1,6 +1,7 @@
 // Elman RNN cell for the CUDA kernels: h' = tanh or relu(gx + W_hh h), forward and backward side by side.
 #include "cells.h"
 #include "recurrence.cuh"
+#include "resident.cuh"
 
 namespace pyrnn {
 namespace cuda {

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (see DEVELOPERS.md): build in place, the GPU tests, and the GPU grid of
+# `python -m pyrnn.bench` once per GPU backend. Logs and JSON under $OUT. Usage: bash bench/gpu_session.sh [quick]
+set -u
+OUT=${OUT:-/tmp/pyrnn_gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 PYRNN_CUDA_ARCHS=${PYRNN_CUDA_ARCHS:-90a}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+start=$(date +%s)
+python3 -m pip install -e . --no-build-isolation --no-deps -q >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
+python3 -c "import pyrnn; print(pyrnn.backends())"
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider --maxfail=6 \
+    ${TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -40
+fi
+for backend in ${BACKENDS:-triton cuda}; do
+  timeout "${BENCH_TIMEOUT:-240}" python3 -m pyrnn.bench --gpu-only --backend "$backend" --min-time 0.5 \
+    ${1:+--quick} --json "$OUT/gpu_$backend.json" --markdown "$OUT/gpu_$backend.md" 2>"$OUT/bench_$backend.err" \
+    >"$OUT/bench_$backend.txt"
+  grep -B1 "ms, pyrnn" "$OUT/bench_$backend.err" | tail -40
+done

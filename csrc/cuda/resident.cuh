@@ -1,0 +1,397 @@
+// Weight-resident persistent kernels (float32, no projection): the whole sequence of one layer-direction in
+// one cooperative launch, each block's slice of W_hh held in registers for all steps.
+//
+// Block k owns the hidden units [k*upb, (k+1)*upb) (upb = ceil(H / blocks), at most one block per SM):
+// - forward, per step: its G*upb gate rows of W_hh times every state row (dot products over Hin, read from
+//   L2), the pointwise cell math of its units, then a grid-wide barrier so the next step sees all of h.
+// - backward, per step: the pointwise gradients of its units (dG into the [N, G*H] buffer), a grid-wide
+//   barrier, then dh_prev of its units = dG_h[b, :] . W_hh[:, units] (dot products over G*H): its W_hh
+//   columns are resident too, so the carry of a unit never leaves its block.
+// One barrier per step either way. The Cell structs are the ones the row-block kernels use (cells.h).
+//
+// The dot products: 8 warps; warp w serves outputs [og*TO, og*TO + TO) (og = w / wk) over the reduction
+// indices k = kg*32*KE + lane + 32*e (kg = w % wk, e < KE), with W[o][k] for those in registers, and a
+// shuffle reduction across the warp (plus a shared-memory atomic across the wk warps of an output group).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "recurrence.cuh"
+
+namespace pyrnn {
+namespace cuda {
+namespace resident {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kRowChunk = 32;    // state rows whose dot products are staged in shared memory at once
+constexpr int kMaxOutputs = 64;  // outputs (gate rows or units) per block
+
+// Grid-wide barrier over co-resident blocks (cooperative launch): counter starts at 0, target grows by
+// gridDim.x per barrier. The fences make every block's global writes before it visible after it.
+__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(counter, 1u);
+    while (*reinterpret_cast<volatile unsigned*>(counter) < target) {
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// One warp's share of out[r][o] = sum_k x[r][k] * W[o][k] for kRowsPerPass rows at a time, W held in
+// registers and the rows staged in shared memory (one L2 read per block instead of one per warp).
+constexpr int kRowsPerPass = 4;  // independent accumulator chains per weight register: hides LDS latency
+
+template <int TO, int KE>
+struct WarpTile {
+  float w[TO][KE];
+  int o0, k0, lane;
+
+  // weight(o, k) gives W[o][k] or 0 outside the matrix; called once per launch.
+  template <typename Weight>
+  __device__ void load(int wk, Weight weight) {
+    const int warp = threadIdx.x / 32;
+    lane = threadIdx.x % 32;
+    o0 = (warp / wk) * TO;
+    k0 = (warp % wk) * 32 * KE;
+#pragma unroll
+    for (int i = 0; i < TO; ++i)
+#pragma unroll
+      for (int e = 0; e < KE; ++e) w[i][e] = weight(o0 + i, k0 + lane + 32 * e);
+  }
+
+  // xs: [rows rounded up to kRowsPerPass, ld] in shared memory, zero-padded to ld = 32 * KE * wk columns and
+  // to whole passes of rows (so the loads need no bounds checks); out: [rows, O] in shared memory, zeroed
+  // beforehand where several warps share an output (atomics), else plain stores.
+  __device__ void dot(const float* xs, int ld, int rows, int O, bool single_k_group, float* out) const {
+    for (int r0 = 0; r0 < rows; r0 += kRowsPerPass) {
+      float acc[kRowsPerPass][TO];
+#pragma unroll
+      for (int r = 0; r < kRowsPerPass; ++r)
+#pragma unroll
+        for (int i = 0; i < TO; ++i) acc[r][i] = 0.f;
+      const float* x0 = xs + r0 * ld + k0 + lane;
+#pragma unroll
+      for (int e = 0; e < KE; ++e) {
+#pragma unroll
+        for (int r = 0; r < kRowsPerPass; ++r) {
+          const float x = x0[r * ld + 32 * e];
+#pragma unroll
+          for (int i = 0; i < TO; ++i) acc[r][i] = fmaf(x, w[i][e], acc[r][i]);
+        }
+      }
+      // Transposing reduction of the V = rows x TO sums across the warp: each halving stage sends half of the
+      // values a lane still holds to its partner and keeps the other half, so V - V/32 shuffles in all
+      // instead of 5 V. Afterwards a lane holds max(1, V/32) complete sums (index base + m).
+      constexpr int V = kRowsPerPass * TO;
+      float* vals = &acc[0][0];
+      int held = V, base = 0, off = 16;
+#pragma unroll
+      for (int stage = 0; stage < 5; ++stage, off /= 2) {
+        if (held == 1) break;
+        held /= 2;
+        const bool upper = lane & off;
+#pragma unroll
+        for (int m = 0; m < V / 2; ++m) {
+          if (m >= held) break;
+          const float send = upper ? vals[m] : vals[m + held];
+          const float keep = upper ? vals[m + held] : vals[m];
+          vals[m] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+        }
+        base += upper ? held : 0;
+      }
+      for (; off > 0; off /= 2) vals[0] += __shfl_xor_sync(0xffffffffu, vals[0], off);  // V < 32: lanes agree
+      const bool writer = V >= 32 || (lane & (32 / V - 1)) == 0;
+      if (writer) {
+#pragma unroll
+        for (int m = 0; m < (V >= 32 ? V / 32 : 1); ++m) {
+          const int idx = base + m, r = idx / TO, i = idx % TO;
+          if (o0 + i < O && r0 + r < rows) {
+            float* dst = out + (r0 + r) * O + o0 + i;
+            if (single_k_group) {
+              *dst = vals[m];
+            } else {
+              atomicAdd(dst, vals[m]);
+            }
+          }
+        }
+      }
+    }
+  }
+};
+
+// Copies rows [K] (row r at src(r), global memory written by other blocks of this launch: read through L2)
+// into xs [rows_padded, ld] in shared memory, zero-filling columns [K, ld) and rows [rows, rows_padded): the
+// whole block cooperating, kStageUnroll rows' loads in flight per thread (the copy is latency-bound), 16-byte
+// loads where K and the row allow. ld is a multiple of 4.
+constexpr int kStageUnroll = 8;
+
+template <typename Src>
+__device__ __forceinline__ void stage_rows(float* xs, int rows, int rows_padded, int K, int ld, Src src) {
+  const int ld4 = ld / 4;
+  const int per_row = ld4 < kThreads ? ld4 : kThreads;  // threads along a row; the others take further rows
+  const int row_step = kThreads / per_row;
+  const int c_first = threadIdx.x % per_row, r_first = threadIdx.x / per_row;
+  if (r_first >= row_step) return;
+  const bool vec = K % 4 == 0;
+  for (int c = c_first; c < ld4; c += per_row) {
+    const int k = 4 * c;
+    for (int r0 = r_first; r0 < rows_padded; r0 += kStageUnroll * row_step) {
+      float4 v[kStageUnroll];
+#pragma unroll
+      for (int q = 0; q < kStageUnroll; ++q) {
+        const int r = r0 + q * row_step;
+        v[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (r < rows && k < K) {
+          const float* row = src(r) + k;
+          if (vec && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+            v[q] = __ldcg(reinterpret_cast<const float4*>(row));
+          } else {
+            v[q].x = __ldcg(row);
+            if (k + 1 < K) v[q].y = __ldcg(row + 1);
+            if (k + 2 < K) v[q].z = __ldcg(row + 2);
+            if (k + 3 < K) v[q].w = __ldcg(row + 3);
+          }
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < kStageUnroll; ++q) {
+        const int r = r0 + q * row_step;
+        if (r < rows_padded) reinterpret_cast<float4*>(xs)[r * ld4 + c] = v[q];
+      }
+    }
+  }
+}
+
+struct Layout {
+  int upb;    // hidden units per block
+  int wk;     // warps sharing one output group's reduction
+  int chunk;  // state (forward) or dG (backward) rows staged in shared memory at once (whole passes)
+  int ld;     // staged row length: 32 * KE * wk, >= the reduction length
+};
+
+__device__ __forceinline__ int whole_passes(int rows) { return (rows + kRowsPerPass - 1) / kRowsPerPass * kRowsPerPass; }
+
+// Forward. a: as the row-block kernels (gx [N, G*H], w_hh [G*H, H], h0 [B, H], y [N, H], workspace).
+template <typename Cell, int TO, int KE>
+__global__ void __launch_bounds__(kThreads, 1)
+    forward_kernel(RecurrenceArgs a, const int64_t* batch_sizes, const int64_t* offsets, unsigned* counter,
+                   Layout lay) {
+  __shared__ float sums_s[kRowChunk * kMaxOutputs];  // [rows of the chunk, G*upb]
+  extern __shared__ float xs[];                       // [lay.chunk, lay.ld]: the chunk's state rows
+  constexpr int G = Cell::G;
+  const int H = static_cast<int>(a.H), upb = lay.upb, O = G * upb;
+  const int u0 = blockIdx.x * upb;
+  const float* w_hh = reinterpret_cast<const float*>(a.w_hh);
+  const float* h0 = reinterpret_cast<const float*>(a.h0);
+  const float* y = reinterpret_cast<const float*>(a.y);
+  float* h_prev_ws = reinterpret_cast<float*>(a.h_prev_ws);
+  WarpTile<TO, KE> tile;
+  // output o = g*upb + u is gate row g*H + u0 + u
+  tile.load(lay.wk, [&](int o, int k) {
+    const int g = o / upb, u = o % upb;
+    return (o < O && u0 + u < H && k < H) ? w_hh[static_cast<int64_t>(g * H + u0 + u) * H + k] : 0.f;
+  });
+  Cell cell(a);
+  for (int64_t it = 0; it < a.T; ++it) {
+    const StepInfo s = step_info(batch_sizes, offsets, it, a.T, a.reverse);
+    for (int64_t r0 = 0; r0 < s.bs; r0 += lay.chunk) {
+      const int rows = static_cast<int>(s.bs - r0 < lay.chunk ? s.bs - r0 : lay.chunk);
+      stage_rows(xs, rows, whole_passes(rows), H, lay.ld, [&](int r) {
+        const int64_t b = r0 + r;
+        return b < s.n_prev ? y + (s.off_prev + b) * H : h0 + b * H;  // [H]
+      });
+      if (lay.wk > 1)
+        for (int e = threadIdx.x; e < rows * O; e += kThreads) sums_s[e] = 0.f;
+      __syncthreads();
+      tile.dot(xs, lay.ld, rows, O, lay.wk == 1, sums_s);
+      __syncthreads();
+      for (int e = threadIdx.x; e < rows * upb; e += kThreads) {
+        const int r = e / upb, u = e % upb, j = u0 + u;
+        if (j >= H) continue;
+        const int64_t b = r0 + r, n = s.off + b;
+        const bool from_prev = b < s.n_prev;
+        float sums[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) sums[g] = sums_s[r * O + g * upb + u];
+        const float h_prev = xs[r * lay.ld + j];
+        if (h_prev_ws) h_prev_ws[n * H + j] = h_prev;
+        cell.forward(n, b, from_prev ? s.off_prev + b : -1, j, sums, h_prev);
+      }
+      __syncthreads();
+    }
+    grid_barrier(counter, static_cast<unsigned>(it + 1) * gridDim.x);
+  }
+}
+
+// Backward. Dynamic shared memory: carry_s [B, upb] (dL/dh of the next step, this block's units), for cells
+// with a direct path (GRU: dh_prev += z * dh) direct_s [B, upb], then the staged dG rows [lay.chunk, lay.ld].
+template <typename Cell, int TO, int KE>
+__global__ void __launch_bounds__(kThreads, 1)
+    backward_kernel(RecurrenceArgs a, const int64_t* batch_sizes, const int64_t* offsets, unsigned* counter,
+                    Layout lay) {
+  __shared__ float sums_s[kRowChunk * kMaxOutputs];  // [rows of the chunk, upb]
+  extern __shared__ float dyn_s[];
+  constexpr int G = Cell::G;
+  const int H = static_cast<int>(a.H), GH = G * H, upb = lay.upb;
+  const int64_t B = a.B;
+  const int u0 = blockIdx.x * upb;
+  float* carry_s = dyn_s;
+  float* direct_s = dyn_s + B * upb;
+  float* xs = dyn_s + ((2 * B * upb + 3) & ~int64_t(3));  // 16-byte aligned for the float4 staging
+  const float* w_hh = reinterpret_cast<const float*>(a.w_hh);
+  const float* dy = reinterpret_cast<const float*>(a.dy);
+  const float* dh_n = reinterpret_cast<const float*>(a.dh_n);
+  const float* d_src = reinterpret_cast<const float*>(a.d_gates_h ? a.d_gates_h : a.d_gates);  // [N, G*H]
+  float* dh0 = reinterpret_cast<float*>(a.dh0);
+  WarpTile<TO, KE> tile;
+  // output o = unit u0 + o; reduction index k = gate row
+  tile.load(lay.wk, [&](int o, int k) {
+    return (o < upb && u0 + o < H && k < GH) ? w_hh[static_cast<int64_t>(k) * H + u0 + o] : 0.f;
+  });
+  Cell cell(a);
+  for (int64_t it = a.T - 1; it >= 0; --it) {
+    const StepInfo s = step_info(batch_sizes, offsets, it, a.T, a.reverse);
+    for (int64_t e = threadIdx.x; e < s.bs * upb; e += kThreads) {
+      const int64_t b = e / upb;
+      const int u = static_cast<int>(e % upb), j = u0 + u;
+      if (j >= H) continue;
+      const int64_t n = s.off + b;
+      const bool has_next = b < s.n_next;
+      const float dh = dy[n * H + j] + (has_next ? carry_s[e] : dh_n[b * H + j]);
+      cell.backward(n, b, b < s.n_prev ? s.off_prev + b : -1, has_next, j, dh, it);
+      if (Cell::kHasDirectPath) direct_s[e] = dh * cell.direct(n, j);
+    }
+    grid_barrier(counter, static_cast<unsigned>(a.T - it) * gridDim.x);  // dG of step it, all units
+    for (int64_t r0 = 0; r0 < s.bs; r0 += lay.chunk) {
+      const int rows = static_cast<int>(s.bs - r0 < lay.chunk ? s.bs - r0 : lay.chunk);
+      stage_rows(xs, rows, whole_passes(rows), GH, lay.ld, [&](int r) { return d_src + (s.off + r0 + r) * GH; });
+      if (lay.wk > 1)
+        for (int e = threadIdx.x; e < rows * upb; e += kThreads) sums_s[e] = 0.f;
+      __syncthreads();
+      tile.dot(xs, lay.ld, rows, upb, lay.wk == 1, sums_s);
+      __syncthreads();
+      for (int e = threadIdx.x; e < rows * upb; e += kThreads) {
+        const int r = e / upb, u = e % upb, j = u0 + u;
+        if (j >= H) continue;
+        const int64_t b = r0 + r, slot = b * upb + u;
+        const float v = sums_s[e] + (Cell::kHasDirectPath ? direct_s[slot] : 0.f);
+        if (b < s.n_prev) {
+          carry_s[slot] = v;
+        } else {
+          dh0[b * H + j] = v;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// Tiles instantiated: TO in {1, 2, 4, 8, 16} outputs per warp, KE in {4, 8, 16, 32} reduction indices per lane,
+// TO * KE <= 128 registers of weights per thread.
+constexpr int kTileTO[] = {1, 2, 4, 8, 16};
+constexpr int kTileKE[] = {4, 8, 16, 32};
+
+struct Plan {
+  bool ok = false;
+  int blocks = 0, to = 0, ke = 0;
+  Layout lay{};
+  size_t dyn_smem = 0;
+};
+
+// The tile for O outputs per block over K reduction indices. Per pass of kRowsPerPass rows a warp issues
+// about TO*KE/4 FMA cycles per scheduler and KE loads plus TO shuffles on the shared-memory pipe: take the
+// cheapest by the larger of the two, then the fewest warps per output group (fewer atomics).
+inline bool choose_tile(int O, int64_t K, int& to, int& ke, int& wk) {
+  double best = 1e30;
+  for (int w : {1, 2, 4, 8}) {
+    const int groups = kWarps / w;
+    int t = 0, k = 0;
+    for (int c : kTileTO)
+      if (c * groups >= O) { t = c; break; }
+    for (int c : kTileKE)
+      if (static_cast<int64_t>(c) * 32 * w >= K) { k = c; break; }
+    if (t == 0 || k == 0 || t * k > 128) continue;
+    const double cost = std::max(t * k / 4.0, static_cast<double>(k + t));
+    if (cost < best) {
+      best = cost;
+      to = t, ke = k, wk = w;
+    }
+  }
+  return best < 1e30;
+}
+
+// Whether the resident kernels take this layer, and how: one block per SM at most.
+inline Plan plan(int G, const RecurrenceArgs& a, bool backward, int sms, size_t max_dyn_smem) {
+  Plan p;
+  if (a.dtype != static_cast<int>(DType::kFloat32) || a.P > 0 || a.H <= 0 || a.H > 4096 || sms <= 0) return p;
+  const int H = static_cast<int>(a.H);
+  const int upb = (H + sms - 1) / sms;
+  p.blocks = (H + upb - 1) / upb;
+  p.lay.upb = upb;
+  const int O = backward ? upb : G * upb;
+  const int64_t K = backward ? static_cast<int64_t>(G) * H : H;
+  if (O > kMaxOutputs || !choose_tile(O, K, p.to, p.ke, p.lay.wk)) return p;
+  const size_t carries = backward ? sizeof(float) * ((2 * static_cast<size_t>(a.B) * upb + 3) & ~size_t(3)) : 0;
+  p.lay.ld = 32 * p.ke * p.lay.wk;
+  const size_t row_bytes = sizeof(float) * p.lay.ld;
+  if (carries + kRowsPerPass * row_bytes > max_dyn_smem) return p;
+  // as many staged rows as fit (whole passes, up to kRowChunk), keeping a third of the SM's shared memory as L1
+  const size_t budget = (max_dyn_smem - carries) * 2 / 3;
+  const size_t fit = std::max<size_t>(kRowsPerPass, budget / row_bytes / kRowsPerPass * kRowsPerPass);
+  p.lay.chunk = static_cast<int>(std::min<size_t>(kRowChunk, fit));
+  p.dyn_smem = carries + row_bytes * p.lay.chunk;
+  p.ok = p.dyn_smem <= max_dyn_smem;
+  return p;
+}
+
+// plan() for the current device: its SM count, cooperative launch support and shared memory.
+inline Plan plan_for_device(int G, const RecurrenceArgs& a, bool backward) {
+  int dev = 0, sms = 0, coop = 0, smem = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || !coop) {
+    return Plan{};
+  }
+  const size_t static_smem = sizeof(float) * kRowChunk * kMaxOutputs;
+  return plan(G, a, backward, sms, smem > static_cast<int>(static_smem) ? smem - static_smem : 0);
+}
+
+template <typename Cell, int TO, int KE>
+cudaError_t launch_tile(bool backward, RecurrenceArgs a, const int64_t* bs, const int64_t* off, unsigned* counter,
+                        const Plan& p, cudaStream_t stream) {
+  void* fn = backward ? reinterpret_cast<void*>(backward_kernel<Cell, TO, KE>)
+                      : reinterpret_cast<void*>(forward_kernel<Cell, TO, KE>);
+  {
+    cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.dyn_smem));
+    if (err != cudaSuccess) return err;
+  }
+  Layout lay = p.lay;
+  void* args[] = {&a, &bs, &off, &counter, &lay};
+  return cudaLaunchCooperativeKernel(fn, dim3(p.blocks), dim3(kThreads), args, p.dyn_smem, stream);
+}
+
+template <typename Cell>
+cudaError_t launch(bool backward, const RecurrenceArgs& a, const int64_t* bs, const int64_t* off, unsigned* counter,
+                   const Plan& p, cudaStream_t stream) {
+  cudaError_t err = cudaMemsetAsync(counter, 0, sizeof(unsigned), stream);
+  if (err != cudaSuccess || a.B == 0 || a.T == 0) return err;
+#define PYRNN_TILE(TO_, KE_) \
+  if (p.to == TO_ && p.ke == KE_) return launch_tile<Cell, TO_, KE_>(backward, a, bs, off, counter, p, stream);
+#define PYRNN_TILES(TO_) PYRNN_TILE(TO_, 4) PYRNN_TILE(TO_, 8) PYRNN_TILE(TO_, 16)
+  PYRNN_TILES(1) PYRNN_TILE(1, 32) PYRNN_TILES(2) PYRNN_TILE(2, 32) PYRNN_TILES(4) PYRNN_TILE(4, 32) PYRNN_TILES(8)
+  PYRNN_TILE(16, 4) PYRNN_TILE(16, 8)
+#undef PYRNN_TILES
+#undef PYRNN_TILE
+  return cudaErrorInvalidConfiguration;
+}
+
+}  // namespace resident
+}  // namespace cuda
+}  // namespace pyrnn
