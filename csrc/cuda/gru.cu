@@ -52,6 +52,17 @@ struct GruCell {
     dgh[2 * H + j] = dn * r;
   }
   __device__ T direct(int64_t n, int64_t k) const { return gates[n * 3 * H + H + k]; }
+
+  // The inputs of forward / backward at (n, j) that no step writes: fetched a step ahead.
+  __device__ void prefetch(int64_t n, int64_t j, bool backward) const {
+    const T* rows = backward ? gates : gx;
+#pragma unroll
+    for (int g = 0; g < 3; ++g) prefetch_l1(rows + n * 3 * H + g * H + j);
+    if (backward) {
+      prefetch_l1(gh_n + n * H + j);
+      prefetch_l1(h_prev_ws + n * H + j);
+    }
+  }
 };
 
 }  // namespace

@@ -60,6 +60,14 @@ struct LstmCell {
     (prev >= 0 ? dc_ring + ((it & 1) * B + b) * H : dc0 + b * H)[j] = dc * f;
   }
   __device__ T direct(int64_t, int64_t) const { return T(0); }
+
+  // The inputs of forward / backward at (n, j) that no step writes: fetched a step ahead.
+  __device__ void prefetch(int64_t n, int64_t j, bool backward) const {
+    const T* rows = backward ? gates : gx;
+#pragma unroll
+    for (int g = 0; g < 4; ++g) prefetch_l1(rows + n * 4 * H + g * H + j);
+    if (backward) prefetch_l1(cell + n * H + j);
+  }
 };
 
 }  // namespace

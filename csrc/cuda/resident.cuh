@@ -169,6 +169,23 @@ __device__ __forceinline__ void stage_rows(float* xs, int rows, int rows_padded,
   }
 }
 
+// Prefetches what the pointwise phase of step `it` reads from the layer's inputs (gx; forward workspace and
+// dy in the backward) for this block's units, so its latency hides behind the barrier and the dot products.
+template <typename Cell>
+__device__ void prefetch_step(const Cell& cell, const RecurrenceArgs& a, const int64_t* batch_sizes,
+                              const int64_t* offsets, int64_t it, int u0, int upb, bool backward) {
+  if (it < 0 || it >= a.T) return;
+  const int64_t t = a.reverse ? a.T - 1 - it : it, bs = batch_sizes[t], off = offsets[t];
+  const float* dy = reinterpret_cast<const float*>(a.dy);
+  for (int64_t e = threadIdx.x; e < bs * upb; e += kThreads) {
+    const int64_t n = off + e / upb;
+    const int j = u0 + static_cast<int>(e % upb);
+    if (j >= a.H) continue;
+    cell.prefetch(n, j, backward);
+    if (backward) prefetch_l1(dy + n * a.H + j);
+  }
+}
+
 struct Layout {
   int upb;    // hidden units per block
   int wk;     // warps sharing one output group's reduction
@@ -192,13 +209,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float* h0 = reinterpret_cast<const float*>(a.h0);
   const float* y = reinterpret_cast<const float*>(a.y);
   float* h_prev_ws = reinterpret_cast<float*>(a.h_prev_ws);
+  Cell cell(a);
+  prefetch_step(cell, a, batch_sizes, offsets, 0, u0, upb, false);
   WarpTile<TO, KE> tile;
   // output o = g*upb + u is gate row g*H + u0 + u
   tile.load(lay.wk, [&](int o, int k) {
     const int g = o / upb, u = o % upb;
     return (o < O && u0 + u < H && k < H) ? w_hh[static_cast<int64_t>(g * H + u0 + u) * H + k] : 0.f;
   });
-  Cell cell(a);
   for (int64_t it = 0; it < a.T; ++it) {
     const StepInfo s = step_info(batch_sizes, offsets, it, a.T, a.reverse);
     for (int64_t r0 = 0; r0 < s.bs; r0 += lay.chunk) {
@@ -226,6 +244,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       __syncthreads();
     }
+    prefetch_step(cell, a, batch_sizes, offsets, it + 1, u0, upb, false);
     grid_barrier(counter, static_cast<unsigned>(it + 1) * gridDim.x);
   }
 }
@@ -250,12 +269,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float* dh_n = reinterpret_cast<const float*>(a.dh_n);
   const float* d_src = reinterpret_cast<const float*>(a.d_gates_h ? a.d_gates_h : a.d_gates);  // [N, G*H]
   float* dh0 = reinterpret_cast<float*>(a.dh0);
+  Cell cell(a);
+  prefetch_step(cell, a, batch_sizes, offsets, a.T - 1, u0, upb, true);
   WarpTile<TO, KE> tile;
   // output o = unit u0 + o; reduction index k = gate row
   tile.load(lay.wk, [&](int o, int k) {
     return (o < upb && u0 + o < H && k < GH) ? w_hh[static_cast<int64_t>(k) * H + u0 + o] : 0.f;
   });
-  Cell cell(a);
   for (int64_t it = a.T - 1; it >= 0; --it) {
     const StepInfo s = step_info(batch_sizes, offsets, it, a.T, a.reverse);
     for (int64_t e = threadIdx.x; e < s.bs * upb; e += kThreads) {
@@ -268,6 +288,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       cell.backward(n, b, b < s.n_prev ? s.off_prev + b : -1, has_next, j, dh, it);
       if (Cell::kHasDirectPath) direct_s[e] = dh * cell.direct(n, j);
     }
+    prefetch_step(cell, a, batch_sizes, offsets, it - 1, u0, upb, true);
     grid_barrier(counter, static_cast<unsigned>(a.T - it) * gridDim.x);  // dG of step it, all units
     for (int64_t r0 = 0; r0 < s.bs; r0 += lay.chunk) {
       const int rows = static_cast<int>(s.bs - r0 < lay.chunk ? s.bs - r0 : lay.chunk);

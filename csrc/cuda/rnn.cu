@@ -29,6 +29,9 @@ struct RnnCell {
     d_gates[n * H + j] = relu ? (h > T(0) ? dh : T(0)) : dh * (T(1) - h * h);
   }
   __device__ T direct(int64_t, int64_t) const { return T(0); }
+
+  // The inputs of forward / backward at (n, j) that no step writes: fetched a step ahead.
+  __device__ void prefetch(int64_t n, int64_t j, bool backward) const { prefetch_l1((backward ? y : gx) + n * H + j); }
 };
 
 }  // namespace
