@@ -135,3 +135,38 @@ def test_gpu_half_types(cell, dtype, path):
     for (name, p), (_, p_ref) in zip(ours.named_parameters(), ref.named_parameters()):
         assert p.grad.dtype == dtype
         assert rel(p.grad, p_ref.grad) < 3e-2, name
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit (nvcc) here, so no CUDA build to check")
+def test_resident_plan_invariants():
+    """The resident kernels' launch plan (pure host arithmetic, checked without a GPU): every unit owned by a
+    block, every output and reduction index covered by an instantiated register tile, shared memory within
+    the device's, and the plan taken for the float32 shapes the GPU grid times."""
+    from pyrnn import _C, _cuda
+
+    tiles = {(t, k) for t in (1, 2, 4, 8, 16) for k in (4, 8, 16, 32) if t * k <= 128}  # resident.cuh's
+    for sms, smem in ((132, 227 * 1024 - 8192), (16, 99 * 1024 - 8192), (1, 48 * 1024)):
+        for G in (1, 3, 4):
+            for H in (1, 3, 33, 128, 200, 256, 300, 512, 700, 1024, 2048, 4096, 5000):
+                for B in (1, 16, 40, 64, 1000, 100000):
+                    for backward in (False, True):
+                        a = _C.RecurrenceArgs()
+                        a.dtype, a.H, a.B, a.T = 0, H, B, 7
+                        p = _cuda.resident_plan(G, a, backward, sms, smem)
+                        if sms == 132 and H <= 1024 and B <= 256:
+                            assert p["ok"], (G, H, B, backward)
+                        if not p["ok"]:
+                            continue
+                        O, K = (p["units_per_block"], G * H) if backward else (G * p["units_per_block"], H)
+                        assert p["blocks"] <= sms and p["blocks"] * p["units_per_block"] >= H
+                        assert (p["blocks"] - 1) * p["units_per_block"] < H  # no idle block
+                        assert (p["outputs_per_warp"], p["k_per_lane"]) in tiles
+                        assert (8 // p["warps_per_output"]) * p["outputs_per_warp"] >= O
+                        assert p["staged_row_length"] == 32 * p["k_per_lane"] * p["warps_per_output"] >= K
+                        assert p["chunk_rows"] % 4 == 0 and 4 <= p["chunk_rows"] <= 32
+                        assert p["dyn_smem"] <= smem
+    a = _C.RecurrenceArgs()
+    a.dtype, a.H, a.B, a.T = 1, 256, 4, 3  # float64: the row-block kernels
+    assert not _cuda.resident_plan(4, a, False, 132, 200_000)["ok"]
+    a.dtype, a.P = 0, 128  # projection: the row-block kernels
+    assert not _cuda.resident_plan(4, a, False, 132, 200_000)["ok"]

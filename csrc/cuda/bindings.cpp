@@ -35,6 +35,21 @@ PYBIND11_MODULE(_cuda, m) {
     check(err, #cell "_resident");                                                                             \
     return true;                                                                                               \
   });
+  m.def("resident_plan", [](int G, const RecurrenceArgs& a, bool backward, int sms, size_t max_dyn_smem) {
+    const pyrnn::cuda::ResidentPlanInfo p = pyrnn::cuda::resident_plan_info(G, a, backward, sms, max_dyn_smem);
+    py::dict d;
+    d["ok"] = p.ok;
+    d["blocks"] = p.blocks;
+    d["units_per_block"] = p.units_per_block;
+    d["outputs_per_warp"] = p.outputs_per_warp;
+    d["k_per_lane"] = p.k_per_lane;
+    d["warps_per_output"] = p.warps_per_output;
+    d["chunk_rows"] = p.chunk_rows;
+    d["staged_row_length"] = p.staged_row_length;
+    d["dyn_smem"] = p.dyn_smem;
+    d["static_smem"] = p.static_smem;
+    return d;
+  }, "The resident kernels' launch plan for a layer (G gates, a.H, a.B, a.P, a.dtype) on a device with sms SMs");
   PYRNN_BIND(lstm)
   PYRNN_BIND(gru)
   PYRNN_BIND(rnn)

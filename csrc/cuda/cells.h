@@ -22,6 +22,16 @@ namespace cuda {
 // zeroed-by-the-kernel uint32 on the device) and returns kNotResident where they do not take the layer.
 constexpr int kNotResident = -1;
 
+// The resident kernels' plan for a layer on a device with `sms` SMs and `max_dyn_smem` bytes of dynamic
+// shared memory per block (resident_plan.cu); for the tests, which check its invariants without a GPU.
+struct ResidentPlanInfo {
+  bool ok = false;
+  int blocks = 0, units_per_block = 0, outputs_per_warp = 0, k_per_lane = 0, warps_per_output = 0;
+  int chunk_rows = 0, staged_row_length = 0;
+  int64_t dyn_smem = 0, static_smem = 0;
+};
+ResidentPlanInfo resident_plan_info(int G, const RecurrenceArgs& a, bool backward, int sms, size_t max_dyn_smem);
+
 PYRNN_CUDA_DECLARE(lstm)
 PYRNN_CUDA_DECLARE(gru)
 PYRNN_CUDA_DECLARE(rnn)

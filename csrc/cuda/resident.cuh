@@ -2,12 +2,15 @@
 // one cooperative launch, each block's slice of W_hh held in registers for all steps.
 //
 // Block k owns the hidden units [k*upb, (k+1)*upb) (upb = ceil(H / blocks), at most one block per SM):
-// - forward, per step: its G*upb gate rows of W_hh times every state row (dot products over Hin, read from
-//   L2), the pointwise cell math of its units, then a grid-wide barrier so the next step sees all of h.
+// - forward, per step: its G*upb gate rows of W_hh times every state row (dot products over H; the rows are
+//   staged from L2 into shared memory once per block), the pointwise cell math of its units, then a
+//   grid-wide barrier so the next step sees all of h.
 // - backward, per step: the pointwise gradients of its units (dG into the [N, G*H] buffer), a grid-wide
 //   barrier, then dh_prev of its units = dG_h[b, :] . W_hh[:, units] (dot products over G*H): its W_hh
 //   columns are resident too, so the carry of a unit never leaves its block.
-// One barrier per step either way. The Cell structs are the ones the row-block kernels use (cells.h).
+// One barrier per step either way; before it, the next step's pointwise inputs are prefetched into L1. The
+// Cell structs are the ones the row-block kernels use (lstm.cu, gru.cu, rnn.cu). Host-side plan: plan();
+// the tests check its invariants through resident_plan.cu. Measured on an H100: BENCHMARKS.md.
 //
 // The dot products: 8 warps; warp w serves outputs [og*TO, og*TO + TO) (og = w / wk) over the reduction
 // indices k = kg*32*KE + lane + 32*e (kg = w % wk, e < KE), with W[o][k] for those in registers, and a
