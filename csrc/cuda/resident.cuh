@@ -198,6 +198,19 @@ struct Layout {
 
 __device__ __forceinline__ int whole_passes(int rows) { return (rows + kRowsPerPass - 1) / kRowsPerPass * kRowsPerPass; }
 
+// sums[r][o] = src(r)[:K] . W[o][:K] for the chunk's rows (r < rows, o < O): stage the rows, zero the sums
+// where warps add into them, the dot products; the block in step before and after.
+template <typename Tile, typename Src>
+__device__ __forceinline__ void staged_dot(const Tile& tile, const Layout& lay, float* xs, int rows, int K, int O,
+                                           float* sums, Src src) {
+  stage_rows(xs, rows, whole_passes(rows), K, lay.ld, src);
+  if (lay.wk > 1)
+    for (int e = threadIdx.x; e < rows * O; e += kThreads) sums[e] = 0.f;
+  __syncthreads();
+  tile.dot(xs, lay.ld, rows, O, lay.wk == 1, sums);
+  __syncthreads();
+}
+
 // Forward. a: as the row-block kernels (gx [N, G*H], w_hh [G*H, H], h0 [B, H], y [N, H], workspace).
 template <typename Cell, int TO, int KE>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -224,15 +237,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     const StepInfo s = step_info(batch_sizes, offsets, it, a.T, a.reverse);
     for (int64_t r0 = 0; r0 < s.bs; r0 += lay.chunk) {
       const int rows = static_cast<int>(s.bs - r0 < lay.chunk ? s.bs - r0 : lay.chunk);
-      stage_rows(xs, rows, whole_passes(rows), H, lay.ld, [&](int r) {
+      staged_dot(tile, lay, xs, rows, H, O, sums_s, [&](int r) {
         const int64_t b = r0 + r;
         return b < s.n_prev ? y + (s.off_prev + b) * H : h0 + b * H;  // [H]
       });
-      if (lay.wk > 1)
-        for (int e = threadIdx.x; e < rows * O; e += kThreads) sums_s[e] = 0.f;
-      __syncthreads();
-      tile.dot(xs, lay.ld, rows, O, lay.wk == 1, sums_s);
-      __syncthreads();
       for (int e = threadIdx.x; e < rows * upb; e += kThreads) {
         const int r = e / upb, u = e % upb, j = u0 + u;
         if (j >= H) continue;
@@ -295,12 +303,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     grid_barrier(counter, static_cast<unsigned>(a.T - it) * gridDim.x);  // dG of step it, all units
     for (int64_t r0 = 0; r0 < s.bs; r0 += lay.chunk) {
       const int rows = static_cast<int>(s.bs - r0 < lay.chunk ? s.bs - r0 : lay.chunk);
-      stage_rows(xs, rows, whole_passes(rows), GH, lay.ld, [&](int r) { return d_src + (s.off + r0 + r) * GH; });
-      if (lay.wk > 1)
-        for (int e = threadIdx.x; e < rows * upb; e += kThreads) sums_s[e] = 0.f;
-      __syncthreads();
-      tile.dot(xs, lay.ld, rows, upb, lay.wk == 1, sums_s);
-      __syncthreads();
+      staged_dot(tile, lay, xs, rows, GH, upb, sums_s, [&](int r) { return d_src + (s.off + r0 + r) * GH; });
       for (int e = threadIdx.x; e < rows * upb; e += kThreads) {
         const int r = e / upb, u = e % upb, j = u0 + u;
         if (j >= H) continue;
