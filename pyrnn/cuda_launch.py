@@ -61,9 +61,10 @@ def forward(mode, gx, w_hh, h0, batch_sizes, reverse, save, c0=None, w_hr=None, 
     a.cell, a.proj_in, a.gates, a.gh_n, a.h_prev_ws = (_p(ws[k]) for k in ("cell", "proj_in", "gates", "gh_n", "h_prev"))
     bs, offsets = hc.schedule(batch_sizes, gx.device)
     stream = torch.cuda.current_stream(gx.device).cuda_stream
-    if not _run_resident(mode, a, False, bs, offsets, stream, gx.device):
-        w_hh_t = w_hh.t().contiguous()  # [Hin, G*H]: consecutive threads read consecutive units
-        getattr(_module(), f"{NAMES[mode]}_forward")(a, _p(w_hh_t), _p(bs), _p(offsets), stream)
+    with torch.cuda.device(gx.device):  # the kernels launch on the current device: make it the tensors'
+        if not _run_resident(mode, a, False, bs, offsets, stream, gx.device):
+            w_hh_t = w_hh.t().contiguous()  # [Hin, G*H]: consecutive threads read consecutive units
+            getattr(_module(), f"{NAMES[mode]}_forward")(a, _p(w_hh_t), _p(bs), _p(offsets), stream)
     return hc.finish_forward(mode, y, ws, batch_sizes, reverse, out_dt)
 
 
@@ -83,6 +84,7 @@ def backward(mode, dy, dh_n, w_hh, batch_sizes, reverse, ws, dc_n=None, c0=None,
     a.dh_prev_ws, a.dc_prev_ws = _p(out["dh_ring"]), _p(out["dc_ring"])
     bs, offsets = hc.schedule(batch_sizes, dy.device)
     stream = torch.cuda.current_stream(dy.device).cuda_stream
-    if not _run_resident(mode, a, True, bs, offsets, stream, dy.device):
-        getattr(_module(), f"{NAMES[mode]}_backward")(a, _p(bs), _p(offsets), stream)
+    with torch.cuda.device(dy.device):
+        if not _run_resident(mode, a, True, bs, offsets, stream, dy.device):
+            getattr(_module(), f"{NAMES[mode]}_backward")(a, _p(bs), _p(offsets), stream)
     return hc.finish_backward(mode, out, out_dt)

@@ -19,7 +19,8 @@ namespace cuda {
                       uintptr_t counter, uintptr_t stream);
 
 // cell##_resident runs the weight-resident kernels (resident.cuh; a.w_hh [G*H, H] float32, counter: one
-// zeroed-by-the-kernel uint32 on the device) and returns kNotResident where they do not take the layer.
+// uint32 on the device, zeroed by the launch) and returns kNotResident where they do not take the layer or
+// its blocks cannot all be resident on this device.
 constexpr int kNotResident = -1;
 
 // The resident kernels' plan for a layer on a device with `sms` SMs and `max_dyn_smem` bytes of dynamic
@@ -59,10 +60,10 @@ PYRNN_CUDA_DECLARE(rnn)
                       uintptr_t counter, uintptr_t stream) {                                                  \
     const resident::Plan p = resident::plan_for_device(Cell<float>::G, a, backward);                          \
     if (!p.ok) return kNotResident;                                                                           \
-    return resident::launch<Cell<float>>(backward, a, reinterpret_cast<const int64_t*>(batch_sizes),          \
-                                         reinterpret_cast<const int64_t*>(offsets),                           \
-                                         reinterpret_cast<unsigned*>(counter),                                \
-                                         p, reinterpret_cast<cudaStream_t>(stream));                          \
+    const cudaError_t err = resident::launch<Cell<float>>(                                                    \
+        backward, a, reinterpret_cast<const int64_t*>(batch_sizes), reinterpret_cast<const int64_t*>(offsets), \
+        reinterpret_cast<unsigned*>(counter), p, reinterpret_cast<cudaStream_t>(stream));                     \
+    return resident::too_large(err) ? kNotResident : err;                                                     \
   }
 
 }  // namespace cuda

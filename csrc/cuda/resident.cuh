@@ -404,6 +404,14 @@ cudaError_t launch_tile(bool backward, RecurrenceArgs a, const int64_t* bs, cons
   return cudaLaunchCooperativeKernel(fn, dim3(p.blocks), dim3(kThreads), args, p.dyn_smem, stream);
 }
 
+// cudaErrorCooperativeLaunchTooLarge: the blocks cannot all be resident at once here (a partitioned or
+// shared device): the caller falls back to the row-block kernels. Launch errors are not sticky; clear it.
+inline bool too_large(cudaError_t err) {
+  if (err != cudaErrorCooperativeLaunchTooLarge) return false;
+  cudaGetLastError();
+  return true;
+}
+
 template <typename Cell>
 cudaError_t launch(bool backward, const RecurrenceArgs& a, const int64_t* bs, const int64_t* off, unsigned* counter,
                    const Plan& p, cudaStream_t stream) {
