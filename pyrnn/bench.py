@@ -222,9 +222,57 @@ def peers() -> dict:
             notes[name] = "not installed: skipped"
         elif not torch.cuda.is_available():
             notes[name] = "installed, but CUDA-only and no GPU here: skipped"
+        elif name == "flashrnn":
+            notes[name] = "installed: timed on the single-layer unidirectional GPU cases (column flashrnn ms)"
         else:
-            notes[name] = "installed: comparison not implemented yet"
+            notes[name] = "installed: comparison not implemented"
     return notes
+
+
+# FlashRNN's function name and gate counts (external input, recurrent, biases) per cell
+FLASHRNN_FUNCTIONS = {"LSTM": ("lstm", 4, 4, 4), "GRU": ("gru", 3, 3, 4), "RNN": ("elman", 1, 1, 1)}
+
+
+def time_flashrnn(case: Case, min_time: float, min_samples: int = 5) -> dict:
+    """FlashRNN (pip package flashrnn) on the same work as the case: the input projection by one nn.Linear
+    over all steps, then flashrnn() with one head of dimension H, forward (and backward of the outputs'
+    sum for training). Its CUDA kernels compile on first use, outside the timing. Returns {"ms", "backend"}
+    or {"error"}; layers, directions, packing and projections other than one plain layer are not timed."""
+    if case.device == "cpu" or case.layers != 1 or case.bidirectional or case.packed or case.proj or case.cells:
+        return {}
+    import flashrnn
+
+    dtype = getattr(torch, case.dtype)
+    function, g_in, g_rec, g_bias = FLASHRNN_FUNCTIONS[case.cell]
+    H, B, T = case.H, case.B, case.T
+    gen = torch.Generator().manual_seed(0)
+    lin = nn.Linear(case.input_size, g_in * H, dtype=dtype).to(case.device)
+    R = (torch.randn(g_rec, 1, H, H, generator=gen) * H ** -0.5).to(case.device, dtype).requires_grad_(case.train)
+    b = torch.zeros(g_bias, 1, H, device=case.device, dtype=dtype, requires_grad=case.train)
+    x = torch.randn(B, T, case.input_size, generator=gen).to(case.device, dtype)
+    errors = []
+    for backend in ("cuda_fused", "cuda"):
+        def run():
+            lin.zero_grad(set_to_none=True)
+            with torch.set_grad_enabled(case.train):
+                wx = lin(x).view(B, T, g_in, 1, H)
+                states, _ = flashrnn.flashrnn(wx, R, b, function=function, backend=backend, dtype=case.dtype)
+                if case.train:
+                    states[0].float().sum().backward()
+            torch.cuda.synchronize()
+
+        try:
+            run()  # compiles its kernels for this shape
+        except Exception as exc:  # noqa: BLE001 - an unsupported shape or build: reported, not fatal
+            errors.append(f"{backend}: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}")
+            continue
+        times, start = [], time.perf_counter()
+        while len(times) < min_samples or time.perf_counter() - start < min_time:
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        return {"ms": statistics.median(times) * 1e3, "backend": backend}
+    return {"error": "; ".join(errors)}
 
 
 def machine_info() -> dict:
@@ -395,6 +443,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     info["peers"] = peers()
     for name, note in info["peers"].items():
         print(f"peer {name}: {note}")
+    if info["peers"].get("flashrnn", "").startswith("installed: timed"):
+        print(f"{'case (FlashRNN on equal work)':48s} {'flashrnn ms':>12s} {'pyrnn ms':>10s} {'pyrnn speedup':>14s}")
+        for r in results:
+            fr = time_flashrnn(r.case, args.min_time)
+            if fr:
+                r.extra["flashrnn"] = fr
+                shown = (f"{fr['ms']:12.2f} {r.pyrnn_ms:10.2f} {fr['ms'] / r.pyrnn_ms:13.2f}x ({fr['backend']})"
+                         if "ms" in fr else f"failed: {fr['error']}")
+                print(f"{r.case.label():48s} {shown}")
     if args.plot:
         sweep = sweep_grid()
         for i, case in enumerate(sweep):
