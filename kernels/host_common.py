@@ -64,7 +64,7 @@ def finish_forward(mode: str, y: Tensor, ws: dict, batch_sizes: Tensor, reverse:
     # The ops declare the workspace in the caller's dtype (their fake implementations say so, and the weight
     # gradients multiply it with d_gates of that dtype): half types keep float32 only inside the kernels.
     ws = {k: v.to(out_dtype) for k, v in ws.items()}
-    return y.to(out_dtype), h_n, c_n, ws
+    return ws["y"], h_n, c_n, ws  # ws["y"] is y, converted once
 
 
 def backward_buffers(mode: str, like: Tensor, N: int, H: int, P: int, B: int) -> dict:
