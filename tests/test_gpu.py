@@ -8,7 +8,6 @@ row-block kernels, forced)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 
 import pytest
@@ -31,12 +30,13 @@ def test_cuda_sources_were_compiled():
 
 @contextlib.contextmanager
 def gpu_path(path: str):
-    ok = pyrnn.backends()[path.split("-")[0]]["available"]
-    if not ok:
-        pytest.skip(pyrnn.backends()[path.split("-")[0]]["reason"])
+    backend = path.split("-")[0]
+    info = pyrnn.backends()[backend]
+    if not info["available"]:
+        pytest.skip(info["reason"])
     from pyrnn import cuda_launch
 
-    pyrnn.set_backend(path.split("-")[0])
+    pyrnn.set_backend(backend)
     cuda_launch.set_resident(path != "cuda-rowblock")
     try:
         yield
@@ -100,9 +100,7 @@ LARGER = [
 def test_gpu_larger_layers_float32(cfg: Config, path):
     """float32 on the GPU against CPU torch.nn in float32 (the same upstream gradients need the same dtype):
     the difference is float32 rounding in two summation orders."""
-    cfg = dataclasses.replace(cfg, dtype=torch.float32)
-    tol = dict(rtol=1e-3, atol=1e-4)
-    check_against_cpu(cfg, path, tol)
+    check_against_cpu(cfg, path, dict(rtol=1e-3, atol=1e-4))
 
 
 @needs_gpu
