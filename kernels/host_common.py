@@ -22,21 +22,41 @@ def widen(dtype: torch.dtype, *tensors: Optional[Tensor]) -> list:
     return [None if t is None else t.to(dtype).contiguous() for t in tensors]
 
 
+def _to_device(t: Tensor, device) -> Tensor:
+    """A small CPU tensor on the device without stalling the host: a plain .to(device) from pageable memory
+    waits for the stream to drain (the GPU then idles while Python prepares the next launch); from pinned
+    memory the copy is queued like a kernel. The caching host allocator keeps the pinned block alive until
+    the copy has run."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def schedule(batch_sizes: Tensor, device) -> tuple[Tensor, Tensor]:
-    """batch_sizes [T] and the first packed row of every step, on the device."""
+    """batch_sizes [T] and the first packed row of every step, on the device. batch_sizes is on the CPU
+    (PackedSequence's convention) and non-increasing (checked by the ops)."""
     bs = batch_sizes.to(device="cpu", dtype=torch.int64)
-    return bs.to(device), (torch.cumsum(bs, 0) - bs).to(device)
+    T = bs.numel()
+    if T == 0 or int(bs[0]) == int(bs[-1]):  # a padded batch: every step has all B rows, built on the device
+        B = int(bs[0]) if T else 0
+        return (torch.full((T,), B, dtype=torch.int64, device=device),
+                torch.arange(T, dtype=torch.int64, device=device).mul_(B))
+    table = _to_device(torch.stack((bs, torch.cumsum(bs, 0) - bs)), device)  # [2, T]: one copy
+    return table[0], table[1]
 
 
 def last_rows(batch_sizes: Tensor, reverse: bool, device) -> Tensor:
     """Packed row of each batch row's final state: its last step, or step 0 for the reverse direction."""
     bs = batch_sizes.to(device="cpu", dtype=torch.int64)
-    b = torch.arange(int(bs[0]) if bs.numel() else 0)
+    B = int(bs[0]) if bs.numel() else 0
     if reverse:
-        return b.to(device)
+        return torch.arange(B, device=device)
+    if int(bs[-1]) == B:  # a padded batch: the last step's rows
+        return torch.arange((bs.numel() - 1) * B, bs.numel() * B, device=device)
+    b = torch.arange(B)
     lengths = (bs[None, :] > b[:, None]).sum(1)
     offsets = torch.cumsum(bs, 0) - bs
-    return (offsets[lengths - 1] + b).to(device)
+    return _to_device(offsets[lengths - 1] + b, device)
 
 
 def forward_buffers(mode: str, like: Tensor, N: int, H: int, P: int, save: bool) -> tuple[Tensor, dict]:

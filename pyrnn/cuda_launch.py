@@ -22,12 +22,69 @@ def set_resident(enabled: bool) -> None:
     _resident = bool(enabled)
 
 
-def _run_resident(mode: str, a, backward: bool, bs: Tensor, offsets: Tensor, stream: int, device) -> bool:
+def record_phases(records: Optional[list]) -> None:
+    """Profiling: while `records` is a list, each resident launch appends (mode, backward, T, B, H, phases) with
+    phases an int64 CUDA tensor [10] that the kernel fills: the clock64() cycles block 0 spent in each phase
+    of its steps (8 slots; the kernels' PhaseClock comments name them), the step count, elapsed ns. None: off."""
+    global _phase_records
+    _phase_records = records
+
+
+_phase_records: Optional[list] = None
+
+
+def _run_resident(mode: str, a, backward: bool, bs: Optional[Tensor], offsets: Optional[Tensor], stream: int,
+                  device) -> bool:
     """Launches the resident kernel; False where it does not take this layer (the caller falls back)."""
     if not _resident:
         return False
     counter = torch.empty(1, dtype=torch.int32, device=device)  # grid barrier; zeroed by the launch
-    return getattr(_module(), f"{NAMES[mode]}_resident")(a, backward, _p(bs), _p(offsets), _p(counter), stream)
+    phases = None
+    if _phase_records is not None:
+        phases = torch.zeros(10, dtype=torch.int64, device=device)
+        _phase_records.append((mode, backward, a.T, a.B, a.H, phases))
+    return getattr(_module(), f"{NAMES[mode]}_resident")(a, backward, _p(bs), _p(offsets), _p(counter), stream,
+                                                          _p(phases))
+
+
+_GEMM_WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommended scratch on Hopper
+
+
+def gemm_tf32(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Optional[Tensor]:
+    """a [M, K] @ b [K, N] (+ bias [N]) for float32 CUDA tensors in TF32 on tensor cores (csrc/cuda/gemm_tf32.cpp);
+    None where that GEMM is unavailable (pyrnn._cuda not built, or cuBLAS not loadable)."""
+    try:
+        module = _module()
+    except ImportError:
+        return None
+    if not module.gemm_tf32_available():
+        return None
+    M, K, N = a.shape[0], a.shape[1], b.shape[1]
+    # cuBLAS reads a matrix with either stride 1; anything else is copied first
+    a = a if 1 in a.stride() else a.contiguous()
+    b = b if 1 in b.stride() else b.contiguous()
+    if bias is not None:
+        out = bias.expand(M, N).contiguous()
+    else:
+        out = torch.empty(M, N, dtype=a.dtype, device=a.device)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        return out if bias is not None else out.zero_()
+    with torch.cuda.device(a.device):
+        workspace = torch.empty(_GEMM_WORKSPACE_BYTES, dtype=torch.uint8, device=a.device)
+        stream = torch.cuda.current_stream(a.device).cuda_stream
+        done = module.gemm_tf32(M, N, K, _p(a), a.stride(0), a.stride(1), _p(b), b.stride(0), b.stride(1), _p(out),
+                                1.0 if bias is not None else 0.0, _p(workspace), _GEMM_WORKSPACE_BYTES, stream)
+    return out if done else None
+
+
+def _schedule(batch_sizes: Tensor, device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The step schedule on the device; (None, None) for a padded batch (every step has all rows), which the
+    kernels compute themselves (cells.h)."""
+    if batch_sizes.numel() == 0 or int(batch_sizes[0]) == int(batch_sizes[-1]):
+        return None, None
+    return hc.schedule(batch_sizes, device)
 
 
 def _module():
@@ -59,7 +116,7 @@ def forward(mode, gx, w_hh, h0, batch_sizes, reverse, save, c0=None, w_hr=None, 
     a.gx, a.w_hr, a.b_hn, a.h0, a.c0, a.y = _p(gx), _p(w_hr), _p(b_hn), _p(h0), _p(c0), _p(y)
     a.w_hh = _p(w_hh)
     a.cell, a.proj_in, a.gates, a.gh_n, a.h_prev_ws = (_p(ws[k]) for k in ("cell", "proj_in", "gates", "gh_n", "h_prev"))
-    bs, offsets = hc.schedule(batch_sizes, gx.device)
+    bs, offsets = _schedule(batch_sizes, gx.device)
     stream = torch.cuda.current_stream(gx.device).cuda_stream
     with torch.cuda.device(gx.device):  # the kernels launch on the current device: make it the tensors'
         if not _run_resident(mode, a, False, bs, offsets, stream, gx.device):
@@ -82,7 +139,7 @@ def backward(mode, dy, dh_n, w_hh, batch_sizes, reverse, ws, dc_n=None, c0=None,
     a.d_gates, a.dh0, a.dc0, a.dh_total = _p(out["d_gates"]), _p(out["dh0"]), _p(out["dc0"]), _p(out["dh_total"])
     a.d_gates_h = _p(out["d_gates_h"]) if mode == "GRU" else 0
     a.dh_prev_ws, a.dc_prev_ws = _p(out["dh_ring"]), _p(out["dc_ring"])
-    bs, offsets = hc.schedule(batch_sizes, dy.device)
+    bs, offsets = _schedule(batch_sizes, dy.device)
     stream = torch.cuda.current_stream(dy.device).cuda_stream
     with torch.cuda.device(dy.device):
         if not _run_resident(mode, a, True, bs, offsets, stream, dy.device):

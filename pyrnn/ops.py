@@ -9,7 +9,8 @@ whose autograd handles W_ih, b_ih and x) and runs the recurrence in pyrnn's own 
 
 The forward also returns the workspace its backward needs (empty tensors when save_workspace is False,
 i.e. in inference). The backward is a custom op too, so torch.compile and opcheck see both as opaque ops;
-the weight gradients are single GEMMs over all steps (pyrnn::gemm on the CPU, torch's on GPUs).
+the weight gradients are single GEMMs over all steps (pyrnn::gemm on the CPU; on GPUs torch's, or for float32
+cuBLAS in TF32 where torch.nn's cuDNN layers would use TF32: _cudnn_rnn_uses_tf32).
 
 Cells (one step, CPU) are a single op, pyrnn::cell: its kernel also computes the input projection, and its
 backward dx and the weight gradients, so a cell call is one trip into C++ each way.
@@ -210,6 +211,18 @@ def _gemm_impl(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     return _gemm(a, b, bias, _empty)
 
 
+def _cudnn_rnn_uses_tf32() -> bool:
+    """Whether torch.nn's recurrent layers would run float32 in TF32 on this process's settings: cuDNN's RNN
+    precision, torch.backends.cudnn.rnn.fp32_precision (torch >= 2.9; set directly or through the older
+    torch.backends.cudnn.allow_tf32), on by default. pyrnn's float32 GEMMs on CUDA follow it, so swapping
+    nn.LSTM for pyrnn.LSTM keeps the precision (and the tensor-core speed) a user had; the recurrence itself
+    always runs in float32."""
+    try:
+        return torch.backends.cudnn.rnn.fp32_precision == "tf32"
+    except (AttributeError, RuntimeError):
+        return bool(torch.backends.cudnn.allow_tf32)
+
+
 def _gemm(a: Tensor, b: Tensor, bias: Optional[Tensor], alloc) -> Tensor:
     # alloc(like, M, N) gives the output buffer: _workspace for results only pyrnn consumes.
     if not (a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0]):
@@ -219,6 +232,10 @@ def _gemm(a: Tensor, b: Tensor, bias: Optional[Tensor], alloc) -> Tensor:
     if bias is not None and bias.dtype != a.dtype:
         raise _error("gemm: bias dtype differs")
     M, K, N = a.shape[0], a.shape[1], b.shape[1]
+    if a.is_cuda and a.dtype == torch.float32 and _cudnn_rnn_uses_tf32():
+        out = _gpu("cuda").gemm_tf32(a, b, bias)
+        if out is not None:
+            return out
     if (a.device.type != "cpu" or a.dtype not in _KERNEL_DTYPES or _backend.get_backend() not in ("auto", "cpu")
             or M < 32):
         # GPUs (and the Triton tests) use torch's GEMM: cuBLAS runs these shapes near peak. So do a few rows

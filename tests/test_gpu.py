@@ -28,6 +28,16 @@ def test_cuda_sources_were_compiled():
     assert hasattr(_cuda, "lstm_forward") and hasattr(_cuda, "gru_backward") and hasattr(_cuda, "rnn_resident")
 
 
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """torch.nn's cuDNN layers, and following them pyrnn's float32 GEMMs on CUDA, run in TF32 by default; the
+    comparisons here are in full float32 (test_gpu_tf32_follows_cudnn checks the TF32 path)."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
 @contextlib.contextmanager
 def gpu_path(path: str):
     backend = path.split("-")[0]
@@ -163,8 +173,59 @@ def test_resident_plan_invariants():
                         assert p["staged_row_length"] == 32 * p["k_per_lane"] * p["warps_per_output"] >= K
                         assert p["chunk_rows"] % 4 == 0 and 4 <= p["chunk_rows"] <= 32
                         assert p["dyn_smem"] <= smem
+                        if p["gx_staged"]:  # the forward's gx in shared memory: all rows in one chunk
+                            assert not backward and B <= p["chunk_rows"]
+                        if sms == 132 and B <= 16 and H <= 1024 and not backward:
+                            assert p["gx_staged"], (G, H, B)
     a = _C.RecurrenceArgs()
     a.dtype, a.H, a.B, a.T = 1, 256, 4, 3  # float64: the row-block kernels
     assert not _cuda.resident_plan(4, a, False, 132, 200_000)["ok"]
     a.dtype, a.P = 0, 128  # projection: the row-block kernels
     assert not _cuda.resident_plan(4, a, False, 132, 200_000)["ok"]
+
+
+@needs_gpu
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (37, 33, 1), (5, 1, 70), (300, 129, 64), (64, 3, 0)])
+def test_gemm_tf32_layouts(shape, bias):
+    """The TF32 GEMM (cuBLAS, column-major) on row-major, transposed-view and sliced operands, against float64."""
+    from pyrnn import cuda_launch
+
+    if cuda_launch.gemm_tf32(torch.ones(1, 1, device="cuda"), torch.ones(1, 1, device="cuda")) is None:
+        pytest.skip("cuBLAS could not be loaded, so pyrnn uses torch's float32 GEMM")
+    M, N, K = shape
+    gen = torch.Generator().manual_seed(M * 1000 + N + K)
+    for a_t in (False, True):
+        for b_t in (False, True):
+            a = torch.randn(K, M, generator=gen).t() if a_t else torch.randn(M, K, generator=gen)
+            b = torch.randn(N, K, generator=gen).t() if b_t else torch.randn(K, N, generator=gen)
+            c = torch.randn(N, generator=gen) if bias else None
+            b_wide = torch.randn(K, 2 * N, generator=gen)[:, ::2]  # neither stride 1: copied first
+            for bb in (b, b_wide):
+                got = cuda_launch.gemm_tf32(a.cuda(), bb.cuda(), None if c is None else c.cuda())
+                want = a.double() @ bb.double() + (0 if c is None else c.double())
+                torch.testing.assert_close(got.cpu().double(), want, rtol=2e-2, atol=2e-2 * max(K, 1) ** 0.5)
+
+
+@needs_gpu
+def test_gpu_tf32_follows_cudnn():
+    """float32 with TF32 allowed for cuDNN's RNNs (torch's default): pyrnn's GEMMs run in TF32 too, within TF32
+    rounding of the exact result and of torch.nn (cuDNN, TF32); with it off, they are full float32."""
+    if not pyrnn.backends()["cuda"]["available"]:
+        pytest.skip(pyrnn.backends()["cuda"]["reason"])
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(256, 256).cuda()
+    ours = pyrnn.LSTM(256, 256).cuda()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(20, 4, 256, device="cuda")
+    exact = ours(x)[0]  # the autouse fixture has TF32 off
+    torch.backends.cudnn.allow_tf32 = True
+    with forbid_torch_rnn():
+        fast = ours(x)[0]
+    want = ref(x)[0]
+    x64 = x.double()
+    truth = ours.double()(x64)[0].float()
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(exact, truth) < 1e-5
+    assert 1e-6 < rel(fast, truth) < 1e-2  # TF32 was used, and only within its rounding
+    assert rel(fast, want) < 1e-2

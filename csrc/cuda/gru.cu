@@ -13,6 +13,7 @@ template <typename T>
 struct GruCell {
   static constexpr int G = 3;
   static constexpr bool kHasDirectPath = true;
+  enum : bool { kHasCellState = false };
   int64_t H;
   const T *gx, *b_hn, *h_prev_ws;
   T *y, *gates, *gh_n, *d_gates, *d_gates_h;
@@ -23,11 +24,11 @@ struct GruCell {
         gates(reinterpret_cast<T*>(a.gates)), gh_n(reinterpret_cast<T*>(a.gh_n)),
         d_gates(reinterpret_cast<T*>(a.d_gates)), d_gates_h(reinterpret_cast<T*>(a.d_gates_h)) {}
 
-  __device__ void forward(int64_t n, int64_t, int64_t, int64_t j, const T* s, T h_prev) {
-    const T* g_in = gx + n * 3 * H;
-    const T r = sigmoid(s[0] + g_in[j]), z = sigmoid(s[1] + g_in[H + j]);
+  // s: the G recurrent gate sums W_hh h of (n, j); g_in: its G input projections gx[n, g*H + j] (load_gx).
+  __device__ void forward(int64_t n, int64_t, int64_t, int64_t j, const T* s, const T* g_in, T h_prev) {
+    const T r = sigmoid(s[0] + g_in[0]), z = sigmoid(s[1] + g_in[1]);
     const T ghn = s[2] + (b_hn ? b_hn[j] : T(0));
-    const T nn = tanh(g_in[2 * H + j] + r * ghn);
+    const T nn = tanh(g_in[2] + r * ghn);
     y[n * H + j] = (T(1) - z) * nn + z * h_prev;
     if (gates) {
       T* gr = gates + n * 3 * H;

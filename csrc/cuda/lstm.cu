@@ -12,6 +12,9 @@ template <typename T>
 struct LstmCell {
   static constexpr int G = 4;
   static constexpr bool kHasDirectPath = false;
+  // A cell state carried from step to step: the resident kernels keep it in shared memory (forward_state,
+  // backward_state); the row-block kernels go through the [N, H] cell buffer and the dc ring (forward, backward).
+  enum : bool { kHasCellState = true };
   int64_t H, P, B, Hin;
   const T *gx, *c0, *dc_n;
   T *y, *cell, *proj_in, *gates, *d_gates, *dc0, *dc_ring;
@@ -24,12 +27,19 @@ struct LstmCell {
         dc0(reinterpret_cast<T*>(a.dc0)), dc_ring(reinterpret_cast<T*>(a.dc_prev_ws)) {}
 
   __device__ T c_prev(int64_t b, int64_t prev, int64_t j) const { return prev >= 0 ? cell[prev * H + j] : c0[b * H + j]; }
+  __device__ T c_initial(int64_t b, int64_t j) const { return c0[b * H + j]; }
+  __device__ T dc_final(int64_t b, int64_t j) const { return dc_n[b * H + j]; }
 
-  __device__ void forward(int64_t n, int64_t b, int64_t prev, int64_t j, const T* s, T) {
-    const T* g_in = gx + n * 4 * H;
-    const T i = sigmoid(s[0] + g_in[j]), f = sigmoid(s[1] + g_in[H + j]);
-    const T g = tanh(s[2] + g_in[2 * H + j]), o = sigmoid(s[3] + g_in[3 * H + j]);
-    const T c = f * c_prev(b, prev, j) + i * g;
+  // s: the G recurrent gate sums W_hh h of (n, j); g_in: its G input projections gx[n, g*H + j] (load_gx).
+  __device__ void forward(int64_t n, int64_t b, int64_t prev, int64_t j, const T* s, const T* g_in, T) {
+    forward_state(n, j, s, g_in, c_prev(b, prev, j));
+  }
+
+  // Returns the new cell state c (also written to the cell buffer, which the backward reads).
+  __device__ T forward_state(int64_t n, int64_t j, const T* s, const T* g_in, T c_before) {
+    const T i = sigmoid(s[0] + g_in[0]), f = sigmoid(s[1] + g_in[1]);
+    const T g = tanh(s[2] + g_in[2]), o = sigmoid(s[3] + g_in[3]);
+    const T c = f * c_before + i * g;
     cell[n * H + j] = c;
     const T h = o * tanh(c);
     if (P > 0) {
@@ -44,20 +54,28 @@ struct LstmCell {
       gr[2 * H + j] = g;
       gr[3 * H + j] = o;
     }
+    return c;
   }
 
   __device__ void backward(int64_t n, int64_t b, int64_t prev, bool has_next, int64_t j, T dh, int64_t it) {
+    const T dc_carry = has_next ? dc_ring[(((it + 1) & 1) * B + b) * H + j] : dc_n[b * H + j];
+    const T dc_before = backward_state(n, b, prev, j, dh, dc_carry);
+    (prev >= 0 ? dc_ring + ((it & 1) * B + b) * H : dc0 + b * H)[j] = dc_before;
+  }
+
+  // Writes dL/dgates of (n, j) and returns dL/dc of the state entering the step (the caller stores it: the
+  // carry of the previous step, or dc0 where prev < 0).
+  __device__ T backward_state(int64_t n, int64_t b, int64_t prev, int64_t j, T dh, T dc_carry) {
     const T* gr = gates + n * 4 * H;
     const T i = gr[j], f = gr[H + j], g = gr[2 * H + j], o = gr[3 * H + j];
     const T tc = tanh(cell[n * H + j]);
-    const T dc_carry = has_next ? dc_ring[(((it + 1) & 1) * B + b) * H + j] : dc_n[b * H + j];
     const T dc = dc_carry + dh * o * (T(1) - tc * tc);
     T* dg = d_gates + n * 4 * H;
     dg[j] = dc * g * i * (T(1) - i);
     dg[H + j] = dc * c_prev(b, prev, j) * f * (T(1) - f);
     dg[2 * H + j] = dc * i * (T(1) - g * g);
     dg[3 * H + j] = dh * tc * o * (T(1) - o);
-    (prev >= 0 ? dc_ring + ((it & 1) * B + b) * H : dc0 + b * H)[j] = dc * f;
+    return dc * f;
   }
   __device__ T direct(int64_t, int64_t) const { return T(0); }
 

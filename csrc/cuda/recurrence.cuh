@@ -28,18 +28,36 @@ __device__ __forceinline__ T sigmoid(T x) {
 // Pulls a line into this SM's L1 ahead of its use (inputs the kernel never writes).
 __device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 
+// The G input projections of (row n, unit j): gx [N, G*H], gate g at column g*H + j.
+template <int G, typename T>
+__device__ __forceinline__ void load_gx(const T* gx, int64_t H, int64_t n, int64_t j, T* g_in) {
+#pragma unroll
+  for (int g = 0; g < G; ++g) g_in[g] = gx[n * G * H + g * H + j];
+}
+
 struct StepInfo {
   int64_t t, bs, off, n_prev, off_prev, n_next;
 };
 
-__device__ __forceinline__ StepInfo step_info(const int64_t* batch_sizes, const int64_t* offsets, int64_t it,
-                                              int64_t T, bool reverse) {
+// Step `it` of the schedule (batch_sizes, offsets: int64 [T] on the device), or, where batch_sizes is null, of
+// a padded batch (every step all a.B rows): computed, so no step waits on a load of the schedule.
+__device__ __forceinline__ StepInfo step_info(const RecurrenceArgs& a, const int64_t* batch_sizes,
+                                              const int64_t* offsets, int64_t it) {
+  const int64_t T = a.T;
   StepInfo s;
-  s.t = reverse ? T - 1 - it : it;
-  const int64_t tp = reverse ? s.t + 1 : s.t - 1, tn = reverse ? s.t - 1 : s.t + 1;
+  s.t = a.reverse ? T - 1 - it : it;
+  const int64_t tp = a.reverse ? s.t + 1 : s.t - 1, tn = a.reverse ? s.t - 1 : s.t + 1;
+  const bool prev_ok = tp >= 0 && tp < T, next_ok = tn >= 0 && tn < T;
+  if (!batch_sizes) {
+    s.bs = a.B;
+    s.off = s.t * a.B;
+    s.n_prev = prev_ok ? a.B : 0;
+    s.off_prev = prev_ok ? tp * a.B : 0;
+    s.n_next = next_ok ? a.B : 0;
+    return s;
+  }
   s.bs = batch_sizes[s.t];
   s.off = offsets[s.t];
-  const bool prev_ok = tp >= 0 && tp < T, next_ok = tn >= 0 && tn < T;
   s.n_prev = prev_ok ? min(batch_sizes[tp], s.bs) : 0;
   s.off_prev = prev_ok ? offsets[tp] : 0;
   s.n_next = next_ok ? min(batch_sizes[tn], s.bs) : 0;
@@ -59,7 +77,7 @@ __global__ void forward_kernel(RecurrenceArgs a, const T* w_hh_t, const int64_t*
   T* h_prev_ws = reinterpret_cast<T*>(a.h_prev_ws);
   Cell cell(a);
   for (int64_t it = 0; it < a.T; ++it) {
-    const StepInfo s = step_info(batch_sizes, offsets, it, a.T, a.reverse);
+    const StepInfo s = step_info(a, batch_sizes, offsets, it);
     for (int64_t e = threadIdx.x; e < kRows * Hin; e += blockDim.x) {
       const int64_t r = e / Hin, k = e % Hin, b = row0 + r;
       T v = T(0);
@@ -83,7 +101,9 @@ __global__ void forward_kernel(RecurrenceArgs a, const T* w_hh_t, const int64_t*
 #pragma unroll
         for (int g = 0; g < Cell::G; ++g) sums[g] += hk * wk[g * H];
       }
-      cell.forward(s.off + b, b, b < s.n_prev ? s.off_prev + b : -1, j, sums, hr[j < Hin ? j : 0]);
+      T g_in[Cell::G];
+      load_gx<Cell::G>(reinterpret_cast<const T*>(a.gx), H, s.off + b, j, g_in);
+      cell.forward(s.off + b, b, b < s.n_prev ? s.off_prev + b : -1, j, sums, g_in, hr[j < Hin ? j : 0]);
     }
     __syncthreads();
     if (P > 0) {  // y = W_hr (o * tanh c)
@@ -117,7 +137,7 @@ __global__ void backward_kernel(RecurrenceArgs a, const int64_t* batch_sizes, co
   T* dh_total = reinterpret_cast<T*>(a.dh_total);
   Cell cell(a);
   for (int64_t it = a.T - 1; it >= 0; --it) {
-    const StepInfo s = step_info(batch_sizes, offsets, it, a.T, a.reverse);
+    const StepInfo s = step_info(a, batch_sizes, offsets, it);
     const int64_t in_slot = (it + 1) & 1, out_slot = it & 1;
     auto carry = [&](int64_t b, int64_t k) -> T {
       return b < s.n_next ? dh_ring[(in_slot * B + b) * Hin + k] : dh_n[b * Hin + k];

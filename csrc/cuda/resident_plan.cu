@@ -17,6 +17,7 @@ ResidentPlanInfo resident_plan_info(int G, const RecurrenceArgs& a, bool backwar
   info.warps_per_output = p.lay.wk;
   info.chunk_rows = p.lay.chunk;
   info.staged_row_length = p.lay.ld;
+  info.gx_staged = p.lay.gx_staged != 0;
   info.dyn_smem = static_cast<int64_t>(p.dyn_smem);
   info.static_smem = static_cast<int64_t>(sizeof(float) * resident::kRowChunk * resident::kMaxOutputs);
   return info;

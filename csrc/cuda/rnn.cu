@@ -11,6 +11,7 @@ template <typename T>
 struct RnnCell {
   static constexpr int G = 1;
   static constexpr bool kHasDirectPath = false;
+  enum : bool { kHasCellState = false };
   int64_t H;
   bool relu;
   const T* gx;
@@ -20,8 +21,9 @@ struct RnnCell {
       : H(a.H), relu(a.nonlinearity == static_cast<int>(Nonlinearity::kRelu)), gx(reinterpret_cast<const T*>(a.gx)),
         y(reinterpret_cast<T*>(a.y)), d_gates(reinterpret_cast<T*>(a.d_gates)) {}
 
-  __device__ void forward(int64_t n, int64_t, int64_t, int64_t j, const T* s, T) {
-    const T pre = s[0] + gx[n * H + j];
+  // s: the recurrent sum W_hh h of (n, j); g_in: its input projection gx[n, j] (load_gx).
+  __device__ void forward(int64_t n, int64_t, int64_t, int64_t j, const T* s, const T* g_in, T) {
+    const T pre = s[0] + g_in[0];
     y[n * H + j] = relu ? (pre < T(0) ? T(0) : pre) : tanh(pre);
   }
   __device__ void backward(int64_t n, int64_t, int64_t, bool, int64_t j, T dh, int64_t) {
