@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (see DEVELOPERS.md): build in place, the GPU tests, and the GPU grid of
 # `python -m pyrnn.bench` once per GPU backend. Logs and JSON under $OUT. Usage: bash bench/gpu_session.sh [quick]
-# To time FlashRNN beside them, first `pip download flashrnn --no-deps -d .whl` here and carry .whl (it builds
-# its CUDA kernels at run time there, with the machine's nvcc and ninja).
+# To time FlashRNN beside them, first `pip download flashrnn einops ninja --no-deps -d .whl --python-version 3.12
+# --only-binary=:all: --platform manylinux2014_x86_64` here and carry .whl (FlashRNN builds its CUDA kernels at
+# run time there, with the machine's nvcc and ninja).
 set -u
 OUT=${OUT:-/tmp/pyrnn_gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 PYRNN_CUDA_ARCHS=${PYRNN_CUDA_ARCHS:-90a}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-if ls .whl/flashrnn-*.whl >/dev/null 2>&1; then  # FlashRNN as a peer: carried as a wheel (no network there)
-  python3 -m pip install -q --no-index --no-deps --target /tmp/peers .whl/flashrnn-*.whl && export PYTHONPATH=/tmp/peers
+if ls .whl/flashrnn-*.whl >/dev/null 2>&1; then  # FlashRNN as a peer: carried as wheels (no network there)
+  python3 -m pip install -q --no-index --no-deps --target /tmp/peers .whl/*.whl && export PYTHONPATH=/tmp/peers \
+    PATH=/tmp/peers/bin:$PATH
 fi
 start=$(date +%s)
 python3 -m pip install -e . --no-build-isolation --no-deps -q >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }

@@ -411,6 +411,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     p.add_argument("--plot", metavar="PATH", help="also write a PNG of the speedups (needs matplotlib)")
     p.add_argument("--gpu-only", action="store_true", help="only the GPU cases (needs a CUDA GPU)")
+    p.add_argument("--flashrnn-cases", type=int, default=None, metavar="N",
+                   help="time FlashRNN (where installed) on the first N eligible cases only: it compiles per shape")
     p.add_argument("--backend", choices=pyrnn.backend.BACKENDS, default="auto",
                    help="the kernels pyrnn runs (pyrnn.set_backend); default: chosen by device")
     args = p.parse_args(argv)
@@ -424,6 +426,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     info["backend"] = args.backend
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+        info["cudnn_rnn_tf32"] = pyrnn.ops._cudnn_rnn_uses_tf32()  # both sides' float32 GEMMs follow it
     info["malloc_tuned"] = tune_malloc() if args.tune_malloc else False
     info["fma_peak_gflops"] = peak = fma_peak_gflops()
     print(f"pyrnn {info['pyrnn']} vs torch {info['torch']} on {info.get('cpu', info['machine'])}, "
@@ -445,8 +448,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"peer {name}: {note}")
     if info["peers"].get("flashrnn", "").startswith("installed: timed"):
         print(f"{'case (FlashRNN on equal work)':48s} {'flashrnn ms':>12s} {'pyrnn ms':>10s} {'pyrnn speedup':>14s}")
+        timed = 0
         for r in results:
+            if args.flashrnn_cases is not None and timed >= args.flashrnn_cases:
+                break
             fr = time_flashrnn(r.case, args.min_time)
+            timed += bool(fr)
             if fr:
                 r.extra["flashrnn"] = fr
                 shown = (f"{fr['ms']:12.2f} {r.pyrnn_ms:10.2f} {fr['ms'] / r.pyrnn_ms:13.2f}x ({fr['backend']})"
