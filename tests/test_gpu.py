@@ -229,3 +229,20 @@ def test_gpu_tf32_follows_cudnn():
     assert rel(exact, truth) < 1e-5
     assert 1e-6 < rel(fast, truth) < 1e-2  # TF32 was used, and only within its rounding
     assert rel(fast, want) < 1e-2
+
+
+def test_tf32_follows_cudnn_rnn_flags():
+    """pyrnn's float32 GEMMs on CUDA take TF32 exactly where torch.nn's cuDNN RNNs would (flags only: runs
+    without a GPU)."""
+    from pyrnn.ops import _cudnn_rnn_uses_tf32
+
+    enabled, allow = torch.backends.cudnn.enabled, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.enabled, torch.backends.cudnn.allow_tf32 = True, True
+        assert _cudnn_rnn_uses_tf32()
+        torch.backends.cudnn.allow_tf32 = False
+        assert not _cudnn_rnn_uses_tf32()
+        torch.backends.cudnn.enabled, torch.backends.cudnn.allow_tf32 = False, True  # torch.nn: its own kernels
+        assert not _cudnn_rnn_uses_tf32()
+    finally:
+        torch.backends.cudnn.enabled, torch.backends.cudnn.allow_tf32 = enabled, allow
