@@ -32,12 +32,17 @@ def _to_device(t: Tensor, device) -> Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def padded(batch_sizes: Tensor) -> bool:
+    """Whether every step has all rows (a padded batch; batch_sizes is non-increasing, on the CPU)."""
+    return batch_sizes.numel() == 0 or int(batch_sizes[0]) == int(batch_sizes[-1])
+
+
 def schedule(batch_sizes: Tensor, device) -> tuple[Tensor, Tensor]:
     """batch_sizes [T] and the first packed row of every step, on the device. batch_sizes is on the CPU
     (PackedSequence's convention) and non-increasing (checked by the ops)."""
     bs = batch_sizes.to(device="cpu", dtype=torch.int64)
     T = bs.numel()
-    if T == 0 or int(bs[0]) == int(bs[-1]):  # a padded batch: every step has all B rows, built on the device
+    if padded(bs):  # every step has all B rows: built on the device
         B = int(bs[0]) if T else 0
         return (torch.full((T,), B, dtype=torch.int64, device=device),
                 torch.arange(T, dtype=torch.int64, device=device).mul_(B))
@@ -51,7 +56,7 @@ def last_rows(batch_sizes: Tensor, reverse: bool, device) -> Tensor:
     B = int(bs[0]) if bs.numel() else 0
     if reverse:
         return torch.arange(B, device=device)
-    if int(bs[-1]) == B:  # a padded batch: the last step's rows
+    if padded(bs):  # the last step's rows
         return torch.arange((bs.numel() - 1) * B, bs.numel() * B, device=device)
     b = torch.arange(B)
     lengths = (bs[None, :] > b[:, None]).sum(1)

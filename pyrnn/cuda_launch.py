@@ -82,7 +82,7 @@ def gemm_tf32(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Optional[T
 def _schedule(batch_sizes: Tensor, device) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """The step schedule on the device; (None, None) for a padded batch (every step has all rows), which the
     kernels compute themselves (cells.h)."""
-    if batch_sizes.numel() == 0 or int(batch_sizes[0]) == int(batch_sizes[-1]):
+    if hc.padded(batch_sizes):
         return None, None
     return hc.schedule(batch_sizes, device)
 

@@ -39,6 +39,16 @@ struct StepInfo {
   int64_t t, bs, off, n_prev, off_prev, n_next;
 };
 
+// Time index, rows and first packed row of step `it` alone (what the look-ahead of the next step needs).
+struct StepRows {
+  int64_t t, bs, off;
+};
+__device__ __forceinline__ StepRows step_rows(const RecurrenceArgs& a, const int64_t* batch_sizes,
+                                              const int64_t* offsets, int64_t it) {
+  const int64_t t = a.reverse ? a.T - 1 - it : it;
+  return batch_sizes ? StepRows{t, batch_sizes[t], offsets[t]} : StepRows{t, a.B, t * a.B};
+}
+
 // Step `it` of the schedule (batch_sizes, offsets: int64 [T] on the device), or, where batch_sizes is null, of
 // a padded batch (every step all a.B rows): computed, so no step waits on a load of the schedule.
 __device__ __forceinline__ StepInfo step_info(const RecurrenceArgs& a, const int64_t* batch_sizes,

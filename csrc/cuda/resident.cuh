@@ -221,8 +221,7 @@ template <typename Cell>
 __device__ void prefetch_step(const Cell& cell, const RecurrenceArgs& a, const int64_t* batch_sizes,
                               const int64_t* offsets, int64_t it, int u0, int upb, bool backward) {
   if (it < 0 || it >= a.T) return;
-  const int64_t t = a.reverse ? a.T - 1 - it : it;
-  const int64_t bs = batch_sizes ? batch_sizes[t] : a.B, off = batch_sizes ? offsets[t] : t * a.B;
+  const auto [t, bs, off] = step_rows(a, batch_sizes, offsets, it);
   const float* dy = reinterpret_cast<const float*>(a.dy);
   for (int64_t e = threadIdx.x; e < bs * upb; e += kThreads) {
     const int64_t n = off + e / upb;
@@ -246,8 +245,7 @@ template <int G>
 __device__ void stage_gx(const RecurrenceArgs& a, const int64_t* batch_sizes, const int64_t* offsets, int64_t it,
                          int u0, int upb, float* gx_s) {
   if (it < 0 || it >= a.T) return;
-  const int64_t t = a.reverse ? a.T - 1 - it : it;
-  const int64_t bs = batch_sizes ? batch_sizes[t] : a.B, off = batch_sizes ? offsets[t] : t * a.B;
+  const auto [t, bs, off] = step_rows(a, batch_sizes, offsets, it);
   const float* gx = reinterpret_cast<const float*>(a.gx);
   for (int64_t e = threadIdx.x; e < bs * G * upb; e += kThreads) {
     const int u = static_cast<int>(e % upb), g = static_cast<int>(e / upb % G);
