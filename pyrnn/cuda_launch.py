@@ -60,9 +60,10 @@ def gemm_tf32(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Optional[T
     if not module.gemm_tf32_available():
         return None
     M, K, N = a.shape[0], a.shape[1], b.shape[1]
-    # cuBLAS reads a matrix with either stride 1; anything else is copied first
-    a = a if 1 in a.stride() else a.contiguous()
-    b = b if 1 in b.stride() else b.contiguous()
+    # cuBLAS reads a row-major matrix or a transposed one in place; anything else (sliced columns, expanded
+    # stride-0 dimensions) is copied first
+    a = a if a.is_contiguous() or a.t().is_contiguous() else a.contiguous()
+    b = b if b.is_contiguous() or b.t().is_contiguous() else b.contiguous()
     if bias is not None:
         out = bias.expand(M, N).contiguous()
     else:

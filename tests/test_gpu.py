@@ -200,9 +200,13 @@ def test_gemm_tf32_layouts(shape, bias):
             a = torch.randn(K, M, generator=gen).t() if a_t else torch.randn(M, K, generator=gen)
             b = torch.randn(N, K, generator=gen).t() if b_t else torch.randn(K, N, generator=gen)
             c = torch.randn(N, generator=gen) if bias else None
-            b_wide = torch.randn(K, 2 * N, generator=gen)[:, ::2]  # neither stride 1: copied first
-            for bb in (b, b_wide):
-                got = cuda_launch.gemm_tf32(a.cuda(), bb.cuda(), None if c is None else c.cuda())
+            # (storage, view): views made on the device, since .cuda() makes a non-dense view dense
+            operands = [(b, lambda t: t),
+                        (torch.randn(K, 2 * N, generator=gen), lambda t: t[:, ::2]),  # no unit stride: copied
+                        (torch.randn(1, N, generator=gen), lambda t: t.expand(K, N))]  # stride 0: copied
+            for storage, view in operands:
+                bb = view(storage)
+                got = cuda_launch.gemm_tf32(a.cuda(), view(storage.cuda()), None if c is None else c.cuda())
                 want = a.double() @ bb.double() + (0 if c is None else c.double())
                 torch.testing.assert_close(got.cpu().double(), want, rtol=2e-2, atol=2e-2 * max(K, 1) ** 0.5)
 
