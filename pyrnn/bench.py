@@ -237,7 +237,7 @@ def time_flashrnn(case: Case, min_time: float, min_samples: int = 5) -> dict:
     """FlashRNN (pip package flashrnn) on the same work as the case: the input projection by one nn.Linear
     over all steps, then flashrnn() with one head of dimension H, forward (and backward of the outputs'
     sum for training). Its CUDA kernels compile on first use, outside the timing. Returns {"ms", "backend"}
-    or {"error"}; layers, directions, packing and projections other than one plain layer are not timed."""
+    (plus "not_timed": why a faster backend failed), or {"error"}; layers, directions, packing and projections other than one plain layer are not timed."""
     if case.device == "cpu" or case.layers != 1 or case.bidirectional or case.packed or case.proj or case.cells:
         return {}
     import flashrnn
@@ -271,7 +271,10 @@ def time_flashrnn(case: Case, min_time: float, min_samples: int = 5) -> dict:
             t0 = time.perf_counter()
             run()
             times.append(time.perf_counter() - t0)
-        return {"ms": statistics.median(times) * 1e3, "backend": backend}
+        result = {"ms": statistics.median(times) * 1e3, "backend": backend}
+        if errors:  # why a faster backend was not timed (e.g. its build failed)
+            result["not_timed"] = "; ".join(errors)
+        return result
     return {"error": "; ".join(errors)}
 
 

@@ -26,8 +26,8 @@ struct LstmCell {
         gates(reinterpret_cast<T*>(a.gates)), d_gates(reinterpret_cast<T*>(a.d_gates)),
         dc0(reinterpret_cast<T*>(a.dc0)), dc_ring(reinterpret_cast<T*>(a.dc_prev_ws)) {}
 
-  __device__ T c_prev(int64_t b, int64_t prev, int64_t j) const { return prev >= 0 ? cell[prev * H + j] : c0[b * H + j]; }
   __device__ T c_initial(int64_t b, int64_t j) const { return c0[b * H + j]; }
+  __device__ T c_prev(int64_t b, int64_t prev, int64_t j) const { return prev >= 0 ? cell[prev * H + j] : c_initial(b, j); }
   __device__ T dc_final(int64_t b, int64_t j) const { return dc_n[b * H + j]; }
 
   // s: the G recurrent gate sums W_hh h of (n, j); g_in: its G input projections gx[n, g*H + j] (load_gx).
@@ -58,7 +58,7 @@ struct LstmCell {
   }
 
   __device__ void backward(int64_t n, int64_t b, int64_t prev, bool has_next, int64_t j, T dh, int64_t it) {
-    const T dc_carry = has_next ? dc_ring[(((it + 1) & 1) * B + b) * H + j] : dc_n[b * H + j];
+    const T dc_carry = has_next ? dc_ring[(((it + 1) & 1) * B + b) * H + j] : dc_final(b, j);
     const T dc_before = backward_state(n, b, prev, j, dh, dc_carry);
     (prev >= 0 ? dc_ring + ((it & 1) * B + b) * H : dc0 + b * H)[j] = dc_before;
   }
