@@ -1,6 +1,6 @@
 """Per-step GPU timings of pyrnn's kernels against torch.nn (cuDNN) over B and H: microseconds per time
 step, inference and training, medians of CUDA-event timings. Run on a GPU machine:
-    python bench/gpu_profile.py [--backend cuda] [--T 256]"""
+    python bench/gpu_profile.py [--backend cuda] [--T 256] [--triton-mode resident]"""
 
 from __future__ import annotations
 
@@ -45,9 +45,15 @@ def main() -> None:
     p.add_argument("--cells", default="LSTM,GRU")
     p.add_argument("--H", default="256,512,1024")
     p.add_argument("--B", default="1,4,16,64")
+    p.add_argument("--triton-mode", default="auto", help="with --backend triton: auto, persistent, resident, step")
     args = p.parse_args()
     pyrnn.set_backend(args.backend)
-    print(f"{torch.cuda.get_device_name()}, T={args.T}, backend {args.backend}: us per step (torch / pyrnn)")
+    if args.backend == "triton":
+        from pyrnn.kernels import triton_host
+
+        triton_host.set_mode(args.triton_mode)
+    mode = f" ({args.triton_mode})" if args.backend == "triton" else ""
+    print(f"{torch.cuda.get_device_name()}, T={args.T}, backend {args.backend}{mode}: us per step (torch / pyrnn)")
     print(f"{'case':24s} {'infer torch':>12s} {'pyrnn':>8s} {'ratio':>6s} {'train torch':>12s} {'pyrnn':>8s} {'ratio':>6s}")
     for cell in args.cells.split(","):
         for H in map(int, args.H.split(",")):

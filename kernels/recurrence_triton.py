@@ -77,6 +77,53 @@ def _phase_range(n, block_start, BU: tl.constexpr, SPLIT: tl.constexpr, PHASE: t
     return begin, end
 
 
+@triton.jit
+def _forward_point(acc0, acc1, acc2, acc3, gx, b_hn, h0, c0, y, cell, proj_in, gates, gh_n, rows, units, n_rows,
+                   off_prev, from_prev, m2, H, Hin, CELL: tl.constexpr, G: tl.constexpr, RELU: tl.constexpr,
+                   HAS_BHN: tl.constexpr, SAVE: tl.constexpr, HAS_PROJ: tl.constexpr):
+    """The cell math of one [rows, units] block (mask m2) from its recurrent sums acc0..acc3 (W_hh h of each
+    gate): stores h (into y, or proj_in under a projection), c (LSTM) and the backward's workspace. The
+    previous step's c and h of these units come from the rows this program wrote itself."""
+    GH = G * H
+    gx_at = gx + n_rows[:, None] * GH + units[None, :]
+    h_at = n_rows[:, None] * H + units[None, :]
+    if CELL == 0:
+        c_prev = _load_rows(cell + off_prev * H, c0, rows, units, from_prev, m2, H)
+        i, f, g, o, c, h = lstm_forward_point(
+            acc0 + tl.load(gx_at, mask=m2, other=0.0), acc1 + tl.load(gx_at + H, mask=m2, other=0.0),
+            acc2 + tl.load(gx_at + 2 * H, mask=m2, other=0.0), acc3 + tl.load(gx_at + 3 * H, mask=m2, other=0.0),
+            c_prev)
+        tl.store(cell + h_at, c, mask=m2)
+        if HAS_PROJ:
+            tl.store(proj_in + h_at, h, mask=m2)
+        else:
+            tl.store(y + n_rows[:, None] * Hin + units[None, :], h, mask=m2)
+        if SAVE:
+            g_at = gates + n_rows[:, None] * GH + units[None, :]
+            tl.store(g_at, i, mask=m2)
+            tl.store(g_at + H, f, mask=m2)
+            tl.store(g_at + 2 * H, g, mask=m2)
+            tl.store(g_at + 3 * H, o, mask=m2)
+    elif CELL == 1:
+        ghn = acc2
+        if HAS_BHN:
+            ghn += tl.load(b_hn + units, mask=units < H, other=0.0)[None, :]
+        hp_u = _load_rows(y + off_prev * Hin, h0, rows, units, from_prev, m2, Hin)
+        r, z, n, h = gru_forward_point(
+            acc0 + tl.load(gx_at, mask=m2, other=0.0), acc1 + tl.load(gx_at + H, mask=m2, other=0.0),
+            tl.load(gx_at + 2 * H, mask=m2, other=0.0), ghn, hp_u)
+        tl.store(y + n_rows[:, None] * Hin + units[None, :], h, mask=m2)
+        if SAVE:
+            g_at = gates + n_rows[:, None] * GH + units[None, :]
+            tl.store(g_at, r, mask=m2)
+            tl.store(g_at + H, z, mask=m2)
+            tl.store(g_at + 2 * H, n, mask=m2)
+            tl.store(gh_n + h_at, ghn, mask=m2)
+    else:
+        h = rnn_forward_point(acc0 + tl.load(gx_at, mask=m2, other=0.0), RELU)
+        tl.store(y + n_rows[:, None] * Hin + units[None, :], h, mask=m2)
+
+
 @triton.jit(do_not_specialize=["T", "B", "H", "P", "Hin", "it_begin", "it_end"])
 def recurrence_forward_kernel(
     gx, w_hh, w_hr, b_hn, h0, c0,  # inputs
@@ -121,44 +168,9 @@ def recurrence_forward_kernel(
                     acc2 += _dot(hp, tl.load(w_base + 2 * H * Hin, mask=wmask, other=0.0), ACC)
                 if G > 3:
                     acc3 += _dot(hp, tl.load(w_base + 3 * H * Hin, mask=wmask, other=0.0), ACC)
-            m2 = active[:, None] & umask[None, :]
-            gx_at = gx + n_rows[:, None] * GH + units[None, :]
-            h_at = n_rows[:, None] * H + units[None, :]
-            if CELL == 0:
-                c_prev = _load_rows(cell + off_prev * H, c0, rows, units, from_prev, m2, H)
-                i, f, g, o, c, h = lstm_forward_point(
-                    acc0 + tl.load(gx_at, mask=m2, other=0.0), acc1 + tl.load(gx_at + H, mask=m2, other=0.0),
-                    acc2 + tl.load(gx_at + 2 * H, mask=m2, other=0.0), acc3 + tl.load(gx_at + 3 * H, mask=m2, other=0.0),
-                    c_prev)
-                tl.store(cell + h_at, c, mask=m2)
-                if HAS_PROJ:
-                    tl.store(proj_in + h_at, h, mask=m2)
-                else:
-                    tl.store(y + n_rows[:, None] * Hin + units[None, :], h, mask=m2)
-                if SAVE:
-                    g_at = gates + n_rows[:, None] * GH + units[None, :]
-                    tl.store(g_at, i, mask=m2)
-                    tl.store(g_at + H, f, mask=m2)
-                    tl.store(g_at + 2 * H, g, mask=m2)
-                    tl.store(g_at + 3 * H, o, mask=m2)
-            elif CELL == 1:
-                ghn = acc2
-                if HAS_BHN:
-                    ghn += tl.load(b_hn + units, mask=umask, other=0.0)[None, :]
-                hp_u = _load_rows(y + off_prev * Hin, h0, rows, units, from_prev, m2, Hin)
-                r, z, n, h = gru_forward_point(
-                    acc0 + tl.load(gx_at, mask=m2, other=0.0), acc1 + tl.load(gx_at + H, mask=m2, other=0.0),
-                    tl.load(gx_at + 2 * H, mask=m2, other=0.0), ghn, hp_u)
-                tl.store(y + n_rows[:, None] * Hin + units[None, :], h, mask=m2)
-                if SAVE:
-                    g_at = gates + n_rows[:, None] * GH + units[None, :]
-                    tl.store(g_at, r, mask=m2)
-                    tl.store(g_at + H, z, mask=m2)
-                    tl.store(g_at + 2 * H, n, mask=m2)
-                    tl.store(gh_n + h_at, ghn, mask=m2)
-            else:
-                h = rnn_forward_point(acc0 + tl.load(gx_at, mask=m2, other=0.0), RELU)
-                tl.store(y + n_rows[:, None] * Hin + units[None, :], h, mask=m2)
+            _forward_point(acc0, acc1, acc2, acc3, gx, b_hn, h0, c0, y, cell, proj_in, gates, gh_n, rows, units,
+                           n_rows, off_prev, from_prev, active[:, None] & umask[None, :], H, Hin,
+                           CELL, G, RELU, HAS_BHN, SAVE, HAS_PROJ)
         if HAS_PROJ and SPLIT != 1:
             tl.debug_barrier()  # proj_in of all units of these rows is written
             p_begin, p_end = _phase_range(P, tl.program_id(1) * BU, BU, SPLIT, 2)
@@ -174,6 +186,62 @@ def recurrence_forward_kernel(
                     acc += _dot(m_blk, w, ACC)
                 tl.store(y + n_rows[:, None] * Hin + ps[None, :], acc, mask=active[:, None] & pmask[None, :])
         tl.debug_barrier()  # this step's states are visible to the whole program before the next step
+
+
+@triton.jit
+def _backward_point(dh, gates, gh_n, h_prev_ws, cell, c0, y, dc_n, dc_ring, d_gates, d_gates_h, dc0, rows, units,
+                    n_rows, off_prev, from_prev, has_next, m2, slot_in, slot_out, B, H, Hin,
+                    CELL: tl.constexpr, G: tl.constexpr, RELU: tl.constexpr):
+    """The gate gradients of one [rows, units] block (mask m2) given dh = dL/dh of these units: stores d_gates
+    (d_gates_h for the GRU) and the LSTM's dL/dc carry (dc_ring slot slot_out, or dc0 for rows that start
+    here), reading the carry of the step processed before from slot slot_in (or dc_n)."""
+    GH = G * H
+    g_at = gates + n_rows[:, None] * GH + units[None, :]
+    dg_at = d_gates + n_rows[:, None] * GH + units[None, :]
+    h_at = n_rows[:, None] * H + units[None, :]
+    if CELL == 0:
+        dc_carry = _load_rows(dc_ring + slot_in * B * H, dc_n, rows, units, has_next, m2, H)
+        c_prev = _load_rows(cell + off_prev * H, c0, rows, units, from_prev, m2, H)
+        di, df, dgg, do, dc_prev = lstm_backward_point(
+            dh, dc_carry, tl.load(g_at, mask=m2, other=0.0), tl.load(g_at + H, mask=m2, other=0.0),
+            tl.load(g_at + 2 * H, mask=m2, other=0.0), tl.load(g_at + 3 * H, mask=m2, other=0.0),
+            tl.load(cell + h_at, mask=m2, other=0.0), c_prev)
+        tl.store(dg_at, di, mask=m2)
+        tl.store(dg_at + H, df, mask=m2)
+        tl.store(dg_at + 2 * H, dgg, mask=m2)
+        tl.store(dg_at + 3 * H, do, mask=m2)
+        ring_at = dc_ring + slot_out * B * H + rows[:, None] * H + units[None, :]
+        tl.store(ring_at, dc_prev, mask=m2 & from_prev[:, None])
+        tl.store(dc0 + rows[:, None] * H + units[None, :], dc_prev, mask=m2 & ~from_prev[:, None])
+    elif CELL == 1:
+        dr, dz, dn, dn_h = gru_backward_point(
+            dh, tl.load(g_at, mask=m2, other=0.0), tl.load(g_at + H, mask=m2, other=0.0),
+            tl.load(g_at + 2 * H, mask=m2, other=0.0), tl.load(gh_n + h_at, mask=m2, other=0.0),
+            tl.load(h_prev_ws + h_at, mask=m2, other=0.0))
+        dgh_at = d_gates_h + n_rows[:, None] * GH + units[None, :]
+        tl.store(dg_at, dr, mask=m2)
+        tl.store(dgh_at, dr, mask=m2)
+        tl.store(dg_at + H, dz, mask=m2)
+        tl.store(dgh_at + H, dz, mask=m2)
+        tl.store(dg_at + 2 * H, dn, mask=m2)
+        tl.store(dgh_at + 2 * H, dn_h, mask=m2)
+    else:
+        h = tl.load(y + n_rows[:, None] * Hin + units[None, :], mask=m2, other=0.0)
+        tl.store(dg_at, rnn_backward_point(dh, h, RELU), mask=m2)
+
+
+@triton.jit
+def _finish_dh_prev(acc, dy, dh_ring, dh_n, dh0, gates, rows, cols, n_rows, from_prev, has_next, m2, slot_in,
+                    slot_out, B, H, Hin, CELL: tl.constexpr, G: tl.constexpr):
+    """acc = dG_h . W_hh of one [rows, cols] block: adds the GRU's direct path and stores dL/dh_prev into the
+    dh_ring slot slot_out, or into dh0 for rows that start at this step."""
+    GH = G * H
+    if CELL == 1:  # h' = ... + z * h: a direct path around the GEMM
+        tot = tl.load(dy + n_rows[:, None] * Hin + cols[None, :], mask=m2, other=0.0)
+        tot += _load_rows(dh_ring + slot_in * B * Hin, dh_n, rows, cols, has_next, m2, Hin)
+        acc += tot * tl.load(gates + n_rows[:, None] * GH + H + cols[None, :], mask=m2, other=0.0)
+    tl.store(dh_ring + slot_out * B * Hin + rows[:, None] * Hin + cols[None, :], acc, mask=m2 & from_prev[:, None])
+    tl.store(dh0 + rows[:, None] * Hin + cols[None, :], acc, mask=m2 & ~from_prev[:, None])
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "P", "Hin", "j_begin", "j_end"])
@@ -226,38 +294,9 @@ def recurrence_backward_kernel(
             else:
                 dh = tl.load(dy + n_rows[:, None] * Hin + units[None, :], mask=m2, other=0.0)
                 dh += _load_rows(dh_ring + slot_in * B * Hin, dh_n, rows, units, has_next, m2, Hin)
-            g_at = gates + n_rows[:, None] * GH + units[None, :]
-            dg_at = d_gates + n_rows[:, None] * GH + units[None, :]
-            h_at = n_rows[:, None] * H + units[None, :]
-            if CELL == 0:
-                dc_carry = _load_rows(dc_ring + slot_in * B * H, dc_n, rows, units, has_next, m2, H)
-                c_prev = _load_rows(cell + off_prev * H, c0, rows, units, from_prev, m2, H)
-                di, df, dgg, do, dc_prev = lstm_backward_point(
-                    dh, dc_carry, tl.load(g_at, mask=m2, other=0.0), tl.load(g_at + H, mask=m2, other=0.0),
-                    tl.load(g_at + 2 * H, mask=m2, other=0.0), tl.load(g_at + 3 * H, mask=m2, other=0.0),
-                    tl.load(cell + h_at, mask=m2, other=0.0), c_prev)
-                tl.store(dg_at, di, mask=m2)
-                tl.store(dg_at + H, df, mask=m2)
-                tl.store(dg_at + 2 * H, dgg, mask=m2)
-                tl.store(dg_at + 3 * H, do, mask=m2)
-                ring_at = dc_ring + slot_out * B * H + rows[:, None] * H + units[None, :]
-                tl.store(ring_at, dc_prev, mask=m2 & from_prev[:, None])
-                tl.store(dc0 + rows[:, None] * H + units[None, :], dc_prev, mask=m2 & ~from_prev[:, None])
-            elif CELL == 1:
-                dr, dz, dn, dn_h = gru_backward_point(
-                    dh, tl.load(g_at, mask=m2, other=0.0), tl.load(g_at + H, mask=m2, other=0.0),
-                    tl.load(g_at + 2 * H, mask=m2, other=0.0), tl.load(gh_n + h_at, mask=m2, other=0.0),
-                    tl.load(h_prev_ws + h_at, mask=m2, other=0.0))
-                dgh_at = d_gates_h + n_rows[:, None] * GH + units[None, :]
-                tl.store(dg_at, dr, mask=m2)
-                tl.store(dgh_at, dr, mask=m2)
-                tl.store(dg_at + H, dz, mask=m2)
-                tl.store(dgh_at + H, dz, mask=m2)
-                tl.store(dg_at + 2 * H, dn, mask=m2)
-                tl.store(dgh_at + 2 * H, dn_h, mask=m2)
-            else:
-                h = tl.load(y + n_rows[:, None] * Hin + units[None, :], mask=m2, other=0.0)
-                tl.store(dg_at, rnn_backward_point(dh, h, RELU), mask=m2)
+            _backward_point(dh, gates, gh_n, h_prev_ws, cell, c0, y, dc_n, dc_ring, d_gates, d_gates_h, dc0, rows,
+                            units, n_rows, off_prev, from_prev, has_next, m2, slot_in, slot_out, B, H, Hin,
+                            CELL, G, RELU)
         tl.debug_barrier()  # all gate gradients of these rows are written
         c_begin, c_end = _phase_range(Hin, blk, BU, SPLIT, 3)
         for c_0 in range(c_begin, c_end, BU):
@@ -271,10 +310,6 @@ def recurrence_backward_kernel(
                 dgh = tl.load(d_gates_h + n_rows[:, None] * GH + ks[None, :], mask=active[:, None] & kmask[None, :], other=0.0)
                 w = tl.load(w_hh + ks[:, None] * Hin + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
                 acc += _dot(dgh, w, ACC)
-            if CELL == 1:  # h' = ... + z * h: a direct path around the GEMM
-                tot = tl.load(dy + n_rows[:, None] * Hin + cols[None, :], mask=m2, other=0.0)
-                tot += _load_rows(dh_ring + slot_in * B * Hin, dh_n, rows, cols, has_next, m2, Hin)
-                acc += tot * tl.load(gates + n_rows[:, None] * GH + H + cols[None, :], mask=m2, other=0.0)
-            tl.store(dh_ring + slot_out * B * Hin + rows[:, None] * Hin + cols[None, :], acc, mask=m2 & from_prev[:, None])
-            tl.store(dh0 + rows[:, None] * Hin + cols[None, :], acc, mask=m2 & ~from_prev[:, None])
+            _finish_dh_prev(acc, dy, dh_ring, dh_n, dh0, gates, rows, cols, n_rows, from_prev, has_next, m2,
+                            slot_in, slot_out, B, H, Hin, CELL, G)
         tl.debug_barrier()

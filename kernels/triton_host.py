@@ -14,30 +14,66 @@ import triton.language as tl
 
 from . import host_common as hc
 from .recurrence_triton import recurrence_backward_kernel, recurrence_forward_kernel
+from .resident_triton import resident_backward_kernel, resident_forward_kernel
 
 CELL_IDS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 2}
 BM, BU, BK = 16, 32, 32  # rows per program, units per block, reduction block
-MODES = ("auto", "persistent", "step")
+MODES = ("auto", "persistent", "resident", "step")
 _mode = "auto"
+INTERPRETER_PROGRAMS = 8  # off the GPU (TRITON_INTERPRET=1): the "SM count" the resident plan splits H over
 
 
 def set_mode(mode: str) -> None:
-    """Force the persistent kernel (one launch per sequence) or the step kernels (launches per step)."""
+    """Force a kernel: "persistent" (one launch per sequence, programs over rows, W_hh streamed), "resident"
+    (one launch per sequence, programs over units, W_hh in registers; where resident_plan() has no plan, the
+    persistent kernel) or "step" (launches per step). "auto" chooses by shape."""
     global _mode
     if mode not in MODES:
         raise ValueError(f"pyrnn: unknown Triton mode '{mode}', expected one of {MODES}")
     _mode = mode
 
 
-def _persistent(B: int, H: int, device) -> bool:
-    """The persistent kernel's parallelism is ceil(B / BM) programs; it pays where per-step launches would
-    dominate (small layers) or where the row blocks alone fill the GPU. Otherwise the step kernels."""
+def _floor_pow2(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def resident_plan(G: int, B: int, H: int, P: int, dtype: torch.dtype, device) -> Optional[tuple]:
+    """(programs, units per program BU, padded H, rows per block R, num_warps) for the weight-resident
+    kernels, or None where they do not apply: a projection, or a slice of W_hh over 128 registers a thread.
+    One program per SM at most (they must all be resident: the grid barrier). Sizes as measured on an H100
+    (BENCHMARKS.md): 4 warps while the slice takes at most 64 registers a thread there, else 8; R rows per
+    block up to 256 values of the broadcast product a thread (R = 16 at H <= 512, 8 at H = 1024)."""
+    if P or H == 0:
+        return None
+    slots = (torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda"
+             else INTERPRETER_PROGRAMS)
+    bu = triton.next_power_of_2(triton.cdiv(H, slots))
+    hk = triton.next_power_of_2(H)
+    words = 2 if dtype == torch.float64 else 1
+    slice_regs = G * bu * hk * words  # 32-bit registers of W_hh per program
+    num_warps = 4 if slice_regs <= 64 * 32 * 4 else 8
+    if slice_regs > 128 * 32 * num_warps:
+        return None
+    rows = min(_floor_pow2(256 * 32 * num_warps // (bu * hk * words)), 16, triton.next_power_of_2(max(B, 1)))
+    return triton.cdiv(H, bu), bu, hk, rows, num_warps
+
+
+def _kernel(G: int, B: int, H: int, P: int, dtype: torch.dtype, device) -> str:
+    """"persistent", "resident" or "step". On a GPU by default (measured on an H100, BENCHMARKS.md): the
+    resident kernel where it takes the layer and B * H is at most 32K (at B=64 H=1024 its row blocks, run one
+    after another, lose to the step kernels); else the persistent kernel where its row blocks alone fill
+    the GPU, else the step kernels. Off the GPU (the interpreter) the persistent kernel, the fewest launches."""
+    plan = resident_plan(G, B, H, P, dtype, device)
+    if _mode == "resident":
+        return "resident" if plan is not None else "persistent"
     if _mode != "auto":
-        return _mode == "persistent"
+        return _mode
     if device.type != "cuda":
-        return True
+        return "persistent"
+    if plan is not None and B * plan[2] <= 32768:
+        return "resident"
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return H <= 128 or triton.cdiv(B, BM) >= sms
+    return "persistent" if triton.cdiv(B, BM) >= sms else "step"
 
 
 def _acc(dtype: torch.dtype):
@@ -66,9 +102,26 @@ def forward(mode: str, gx: Tensor, w_hh: Tensor, h0: Tensor, batch_sizes: Tensor
         )
 
     row_blocks = triton.cdiv(B, BM)
-    if B > 0 and _persistent(B, H, gx.device):
+    kernel = _kernel(G, B, H, P, dt, gx.device) if B > 0 else None
+    if kernel == "resident":
+        programs, bu, hk, rows, num_warps = resident_plan(G, B, H, P, dt, gx.device)
+        counter = torch.zeros(1, dtype=torch.int32, device=gx.device)
+        sync = gx.device.type == "cuda"  # the interpreter: one launch per step instead of the grid barrier
+
+        def launch_resident(it_begin, it_end):
+            resident_forward_kernel[(programs,)](
+                gx, w_hh, b_hn if b_hn is not None else empty, h0, c0 if c0 is not None else empty,
+                y, ws["cell"], ws["gates"], ws["gh_n"], ws["h_prev"], bs, offsets, counter,
+                T, B, H, it_begin, it_end,
+                CELL=CELL_IDS[mode], G=G, REVERSE=reverse, RELU=mode == "RNN_RELU", HAS_BHN=b_hn is not None,
+                SAVE=save, ACC=_acc(dt), BU=bu, HK=hk, R=rows, SYNC=sync, num_warps=num_warps,
+            )
+
+        for it in [0] if sync else range(T):
+            launch_resident(it, T if sync else it + 1)
+    elif kernel == "persistent":
         launch((row_blocks, 1), 0, T, 0)
-    elif B > 0:
+    elif kernel == "step":
         for it in range(T):  # the step kernels: gates over (rows, units), then the projection over (rows, P)
             launch((row_blocks, triton.cdiv(H, BU)), it, it + 1, 1)
             if P:
@@ -101,9 +154,27 @@ def backward(mode: str, dy: Tensor, dh_n: Tensor, w_hh: Tensor, batch_sizes: Ten
         )
 
     row_blocks = triton.cdiv(B, BM)
-    if B > 0 and _persistent(B, H, dy.device):
+    kernel = _kernel(G, B, H, P, dt, dy.device) if B > 0 else None
+    if kernel == "resident":
+        programs, bu, hk, rows, num_warps = resident_plan(G, B, H, P, dt, dy.device)
+        counter = torch.zeros(1, dtype=torch.int32, device=dy.device)
+        sync = dy.device.type == "cuda"  # the interpreter: one launch per half-step instead of the grid barrier
+
+        def launch_resident(half_begin, half_end):
+            resident_backward_kernel[(programs,)](
+                w_hh, c0 if c0 is not None else empty, ws["y"], ws["cell"], ws["gates"], ws["gh_n"], ws["h_prev"],
+                dy, dh_n, dc_n if dc_n is not None else empty,
+                out["d_gates"], out["d_gates_h"], out["dh0"], out["dc0"], out["dh_ring"], out["dc_ring"],
+                bs, offsets, counter, T, B, H, half_begin, half_end,
+                CELL=CELL_IDS[mode], G=G, REVERSE=reverse, RELU=mode == "RNN_RELU", ACC=_acc(dt),
+                BU=bu, HK=hk, R=rows, SYNC=sync, num_warps=num_warps,
+            )
+
+        for half in [0] if sync else range(2 * T):
+            launch_resident(half, 2 * T if sync else half + 1)
+    elif kernel == "persistent":
         launch((row_blocks, 1), 0, T, 0)
-    elif B > 0:
+    elif kernel == "step":
         for j in range(T):  # per backward step: dh_total (projection), gate gradients, then dh_prev
             if P:
                 launch((row_blocks, triton.cdiv(P, BU)), j, j + 1, 1)

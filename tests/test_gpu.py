@@ -1,7 +1,8 @@
 """GPU backends on a CUDA device against torch.nn: skipped, with the reason, where there is no GPU.
 The CUDA sources are compiled wherever nvcc is found (setup.py); that much is checked everywhere.
 
-Paths: "triton" (pyrnn/kernels), "cuda" (the weight-resident persistent kernels of csrc/cuda/resident.cuh
+Paths: "triton" (pyrnn/kernels, its choice by shape), "triton-resident" (its weight-resident kernels forced,
+where they take a layer), "cuda" (the weight-resident persistent kernels of csrc/cuda/resident.cuh
 where they take a layer, float32 compute without projection), "cuda-rowblock" (csrc/cuda/recurrence.cuh's
 row-block kernels, forced)."""
 
@@ -18,7 +19,7 @@ from conftest import forbid_torch_rnn
 from test_modules import Config, make_inputs, make_pair, random_configs, run
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
-PATHS = ["triton", "cuda", "cuda-rowblock"]
+PATHS = ["triton", "triton-resident", "cuda", "cuda-rowblock"]
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit (nvcc) here, so no CUDA build to check")
@@ -48,11 +49,17 @@ def gpu_path(path: str):
 
     pyrnn.set_backend(backend)
     cuda_launch.set_resident(path != "cuda-rowblock")
+    if path == "triton-resident":
+        from pyrnn.kernels import triton_host
+
+        triton_host.set_mode("resident")
     try:
         yield
     finally:
         pyrnn.set_backend("auto")
         cuda_launch.set_resident(True)
+        if path == "triton-resident":
+            triton_host.set_mode("auto")
 
 
 def _to_gpu(hx):

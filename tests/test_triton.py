@@ -19,9 +19,10 @@ if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
     pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
 
-@pytest.fixture(params=["persistent", "step"])
+@pytest.fixture(params=["persistent", "resident", "step"])
 def triton_backend(request):
-    """Both kernel modes: one launch per sequence, and launches per step over (rows, units)."""
+    """Every kernel mode: one launch per sequence over rows (W_hh streamed) or over units (W_hh resident), and
+    launches per step over (rows, units)."""
     from pyrnn.kernels import triton_host
 
     pyrnn.set_backend("triton")
