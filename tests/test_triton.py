@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-pytest.importorskip("triton", reason="the Triton backend needs `pip install triton` (Linux x86_64)")
+triton = pytest.importorskip("triton", reason="the Triton backend needs `pip install triton` (Linux x86_64)")
 
 import pyrnn  # noqa: E402
 from conftest import assert_close  # noqa: E402
@@ -82,3 +82,40 @@ def test_backend_selection_errors():
         pyrnn.set_backend("auto")
     with pytest.raises(ValueError, match="unknown backend"):
         pyrnn.set_backend("tpu")
+
+
+@pytest.mark.parametrize("slots", [8, 132])
+def test_resident_plan_invariants(slots, monkeypatch):
+    """The weight-resident kernels' sizes: every unit owned by exactly one program, at most one program per
+    SM (the grid barrier needs them all resident), powers of two where Triton needs them, the register
+    budget kept, and no plan where the kernel does not apply (a projection; too large a slice)."""
+    from pyrnn.kernels import triton_host
+
+    monkeypatch.setattr(triton_host, "INTERPRETER_PROGRAMS", slots)  # the plan off the GPU uses this as SMs
+    cpu = torch.device("cpu")
+    for G in (1, 3, 4):
+        for H in (1, 3, 33, 100, 128, 255, 512, 1000, 1024):
+            for B in (1, 5, 16, 64):
+                for dtype in (torch.float32, torch.float64):
+                    plan = triton_host.resident_plan(G, B, H, 0, dtype, cpu)
+                    words = 2 if dtype == torch.float64 else 1
+                    bu_min = triton.next_power_of_2(triton.cdiv(H, slots))
+                    if G * bu_min * triton.next_power_of_2(H) * words > 128 * 32 * 8:
+                        assert plan is None, (G, H, B, dtype)
+                        continue
+                    programs, bu, hk, rows, num_warps = plan
+                    assert programs <= slots and (programs - 1) * bu < H <= programs * bu
+                    for v in (bu, hk, rows, num_warps):
+                        assert v & (v - 1) == 0
+                    assert hk >= H and 1 <= rows <= min(16, triton.next_power_of_2(B)) and num_warps in (4, 8)
+                    assert G * bu * hk * words <= 128 * 32 * num_warps
+                    assert rows == 1 or rows * bu * hk * words <= 256 * 32 * num_warps
+            assert triton_host.resident_plan(G, 4, H, 2, torch.float32, cpu) is None  # projection
+    # forced "resident" where there is no plan: the row-block persistent kernel
+    triton_host.set_mode("resident")
+    try:
+        assert triton_host._kernel(4, 4, 16, 8, torch.float32, cpu) == "persistent"
+        assert triton_host._kernel(4, 4, 16, 0, torch.float32, cpu) == "resident"
+    finally:
+        triton_host.set_mode("auto")
+    assert triton_host._kernel(4, 4, 16, 0, torch.float32, cpu) == "persistent"  # off the GPU: fewest launches
