@@ -60,9 +60,10 @@ def resident_plan(G: int, B: int, H: int, P: int, dtype: torch.dtype, device) ->
 
 def _kernel(G: int, B: int, H: int, P: int, dtype: torch.dtype, device) -> str:
     """"persistent", "resident" or "step". On a GPU by default (measured on an H100, BENCHMARKS.md): the
-    resident kernel where it takes the layer and B * H is at most 32K (at B=64 H=1024 its row blocks, run one
-    after another, lose to the step kernels); else the persistent kernel where its row blocks alone fill
-    the GPU, else the step kernels. Off the GPU (the interpreter) the persistent kernel, the fewest launches."""
+    resident kernel where it takes the layer and B <= 64 (faster than the step kernels at every measured
+    shape up to there; larger batches were not measured); else the persistent kernel where its row blocks
+    alone fill the GPU, else the step kernels. Off the GPU (the interpreter) the persistent kernel, the fewest
+    launches."""
     plan = resident_plan(G, B, H, P, dtype, device)
     if _mode == "resident":
         return "resident" if plan is not None else "persistent"
@@ -70,7 +71,7 @@ def _kernel(G: int, B: int, H: int, P: int, dtype: torch.dtype, device) -> str:
         return _mode
     if device.type != "cuda":
         return "persistent"
-    if plan is not None and B * plan[2] <= 32768:
+    if plan is not None and B <= 64:
         return "resident"
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return "persistent" if triton.cdiv(B, BM) >= sms else "step"
