@@ -4,6 +4,7 @@ under TRITON_INTERPRET=1 (the tests do that)."""
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -43,7 +44,7 @@ def resident_plan(G: int, B: int, H: int, P: int, dtype: torch.dtype, device) ->
     One program per SM at most (they must all be resident: the grid barrier). Sizes as measured on an H100
     (BENCHMARKS.md): 4 warps while the slice takes at most 64 registers a thread there, else 8; R rows per
     block up to 256 values of the broadcast product a thread (R = 16 at H <= 512, 8 at H = 1024)."""
-    if P or H == 0:
+    if P or H == 0 or (device.type == "cuda" and _sm_share_limited()):
         return None
     slots = (torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda"
              else INTERPRETER_PROGRAMS)
@@ -56,6 +57,24 @@ def resident_plan(G: int, B: int, H: int, P: int, dtype: torch.dtype, device) ->
         return None
     rows = min(_floor_pow2(256 * 32 * num_warps // (bu * hk * words)), 16, triton.next_power_of_2(max(B, 1)))
     return triton.cdiv(H, bu), bu, hk, rows, num_warps
+
+
+def _grid_barrier_ok(device) -> bool:
+    """Whether the resident kernels' programs run concurrently, so they may wait for each other: on a GPU,
+    not under TRITON_INTERPRET=1 (it runs programs one after another, CUDA tensors included). The launch is
+    not cooperative: with at most one program per SM, all are resident once the SMs are free (a kernel on
+    another stream only delays them); a device whose SM count overstates what this process may use (an MPS
+    thread limit, which resident_plan() refuses) would hang."""
+    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+def _sm_share_limited() -> bool:
+    """An MPS client limited to a share of the SMs (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE < 100) still sees them
+    all in the device properties: no resident kernel there (its programs could not all be resident)."""
+    try:
+        return float(os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "100")) < 100
+    except ValueError:
+        return False
 
 
 def _kernel(G: int, B: int, H: int, P: int, dtype: torch.dtype, device) -> str:
@@ -107,7 +126,7 @@ def forward(mode: str, gx: Tensor, w_hh: Tensor, h0: Tensor, batch_sizes: Tensor
     if kernel == "resident":
         programs, bu, hk, rows, num_warps = resident_plan(G, B, H, P, dt, gx.device)
         counter = torch.zeros(1, dtype=torch.int32, device=gx.device)
-        sync = gx.device.type == "cuda"  # the interpreter: one launch per step instead of the grid barrier
+        sync = _grid_barrier_ok(gx.device)  # else one launch per step instead of the grid barrier
 
         def launch_resident(it_begin, it_end):
             resident_forward_kernel[(programs,)](
@@ -159,7 +178,7 @@ def backward(mode: str, dy: Tensor, dh_n: Tensor, w_hh: Tensor, batch_sizes: Ten
     if kernel == "resident":
         programs, bu, hk, rows, num_warps = resident_plan(G, B, H, P, dt, dy.device)
         counter = torch.zeros(1, dtype=torch.int32, device=dy.device)
-        sync = dy.device.type == "cuda"  # the interpreter: one launch per half-step instead of the grid barrier
+        sync = _grid_barrier_ok(dy.device)  # else one launch per half-step instead of the grid barrier
 
         def launch_resident(half_begin, half_end):
             resident_backward_kernel[(programs,)](
