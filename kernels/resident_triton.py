@@ -52,17 +52,29 @@ def _rows_dot(x, w):
 
 
 @triton.jit
-def _forward_weights(w_hh, g, units, ks, H, ACC: tl.constexpr):
-    # W_hh[g*H + units, ks]: [BU, HK], zero outside the matrix
+def _gate_slice(w_hh, g, units, ks, H, TRANSPOSED: tl.constexpr, ACC: tl.constexpr):
+    # [BU, HK]: W_hh[g*H + units, ks] (forward), or W_hh[g*H + ks, units] (TRANSPOSED, backward); zero outside
     mask = (units < H)[:, None] & (ks < H)[None, :]
-    return tl.load(w_hh + (g * H + units[:, None]) * H + ks[None, :], mask=mask, other=0.0).to(ACC)
+    if TRANSPOSED:
+        at = w_hh + (g * H + ks[None, :]) * H + units[:, None]
+    else:
+        at = w_hh + (g * H + units[:, None]) * H + ks[None, :]
+    return tl.load(at, mask=mask, other=0.0).to(ACC)
 
 
 @triton.jit
-def _backward_weights(w_hh, g, units, ks, H, ACC: tl.constexpr):
-    # W_hh[g*H + ks, units] transposed: [BU, HK], zero outside the matrix
-    mask = (units < H)[:, None] & (ks < H)[None, :]
-    return tl.load(w_hh + (g * H + ks[None, :]) * H + units[:, None], mask=mask, other=0.0).to(ACC)
+def _resident_slices(w_hh, units, ks, H, G: tl.constexpr, TRANSPOSED: tl.constexpr, ACC: tl.constexpr):
+    # this program's W_hh, one [BU, HK] slice per gate (the unused ones repeat w0 where G < 4)
+    w0 = _gate_slice(w_hh, 0, units, ks, H, TRANSPOSED, ACC)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if G > 1:
+        w1 = _gate_slice(w_hh, 1, units, ks, H, TRANSPOSED, ACC)
+        w2 = _gate_slice(w_hh, 2, units, ks, H, TRANSPOSED, ACC)
+    if G > 3:
+        w3 = _gate_slice(w_hh, 3, units, ks, H, TRANSPOSED, ACC)
+    return w0, w1, w2, w3
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "it_begin", "it_end"])
@@ -81,15 +93,7 @@ def resident_forward_kernel(
     umask = units < H
     ks = tl.arange(0, HK)
     kmask = ks < H
-    w0 = _forward_weights(w_hh, 0, units, ks, H, ACC)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if G > 1:
-        w1 = _forward_weights(w_hh, 1, units, ks, H, ACC)
-        w2 = _forward_weights(w_hh, 2, units, ks, H, ACC)
-    if G > 3:
-        w3 = _forward_weights(w_hh, 3, units, ks, H, ACC)
+    w0, w1, w2, w3 = _resident_slices(w_hh, units, ks, H, G, False, ACC)
     for it in range(it_begin, it_end):
         t, bs, off, n_prev, off_prev, n_next, off_next = _step_info(batch_sizes, offsets, it, T, REVERSE)
         for r0 in range(0, bs, R):
@@ -133,15 +137,7 @@ def resident_backward_kernel(
     ks = tl.arange(0, HK)
     kmask = ks < H
     GH = G * H
-    w0 = _backward_weights(w_hh, 0, units, ks, H, ACC)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if G > 1:
-        w1 = _backward_weights(w_hh, 1, units, ks, H, ACC)
-        w2 = _backward_weights(w_hh, 2, units, ks, H, ACC)
-    if G > 3:
-        w3 = _backward_weights(w_hh, 3, units, ks, H, ACC)
+    w0, w1, w2, w3 = _resident_slices(w_hh, units, ks, H, G, True, ACC)
     for half in range(half_begin, half_end):
         j = half // 2
         it = T - 1 - j
