@@ -87,6 +87,36 @@ inline void gemm_block(const GemmArgs<T>& g, int64_t m_block, int64_t m_end, int
   if (m0 < m_end) gemm_tail<T, MR - 1, NV>(g, m0, m_end - m0, k0, kn, panel, c0, c_end, k0 == 0);
 }
 
+// Threads split either the columns of C (each packs only its part of B, which stays in its L2) or its rows
+// (each packs all of B). Columns, unless that leaves the threads' shares uneven where rows would not: panels
+// are NC columns wide, so N = 200 on two threads gives one thread 128 columns and the other 72, and N = 800 13
+// panels (7 vs 6), while the rows split evenly. Measured on 2 threads (GFLOP/s, columns -> rows, 3 runs):
+// M700 N200 K800 361-364 -> 392-411, M700 N800 K200 406-418 -> 446-459, dG^T h at M800 N200 K700 331-353 ->
+// 377-417, M700 N600 K200 336 -> 411; with even panels (N = 256, 512) the column split stays as fast or faster
+// (M1024 N256 K6400 427-441 vs 417-420). (The first sessions measured the opposite for uneven panels, with
+// element-wise packing, which made packing all of B per thread costly.) Rows need the whole B block of kBlockK
+// rows in each thread's L2, so a wide B stays split by columns.
+template <typename T>
+bool prefer_column_split(const GemmArgs<T>& g, int64_t col_panels, int64_t n) {
+  constexpr int W = Simd<T>::W, NC = kPlainNV * W;
+  constexpr int64_t kRowSplitMaxBlockBytes = 768 << 10;
+  if (n < 2) return true;
+  if (col_panels < 2 * n) return false;  // too few panels to go round
+  if (std::min(kBlockK, g.K) * g.N * static_cast<int64_t>(sizeof(T)) > kRowSplitMaxBlockBytes) return true;
+  const int64_t vectors = (g.N + W - 1) / W;
+  int64_t most_vectors = 0, most_rows = 0;
+  for (int t = 0; t < n; ++t) {
+    const Range panels = split(col_panels, t, static_cast<int>(n), 1);
+    const int64_t first = std::min(g.N, panels.begin * NC), last = std::min(g.N, panels.end * NC);
+    most_vectors = std::max(most_vectors, (last - first + W - 1) / W);
+    const Range rows = split(g.M, t, static_cast<int>(n), rows_for(kPlainNV));
+    most_rows = std::max(most_rows, rows.end - rows.begin);
+  }
+  const double column_imbalance = static_cast<double>(most_vectors) * n / vectors;
+  const double row_imbalance = static_cast<double>(most_rows) * n / g.M;
+  return column_imbalance <= row_imbalance * 1.02;
+}
+
 template <typename T>
 void gemm_impl(const GemmArgs<T>& g, int nthreads) {
   constexpr int W = Simd<T>::W, NV = kPlainNV, NC = NV * W;
@@ -102,11 +132,7 @@ void gemm_impl(const GemmArgs<T>& g, int nthreads) {
   int64_t n = nthreads < 1 ? 1 : nthreads;  // threads worth their start-up: ~256k multiply-adds each
   if (n > col_panels) n = col_panels;
   if (n > macs / (1 << 18)) n = macs / (1 << 18) < 1 ? 1 : macs / (1 << 18);
-  // Split the columns of C when there are enough panels to go round (each thread then packs only its part of
-  // B, which stays in its L2); otherwise (few, narrow columns, as in weight gradients) split the rows, each
-  // thread packing all of B. (Measured: splitting rows for 13 panels on 2 threads, or 4 uneven ones, is
-  // slower than the column split's imbalance.)
-  const bool split_cols = col_panels >= 2 * n;
+  const bool split_cols = prefer_column_split<T>(g, col_panels, n);
   ThreadTeam::instance().run(static_cast<int>(n), [&](int tid, int nt, SpinBarrier&) {
     const Range panels = split_cols ? split(col_panels, tid, nt, 1) : Range{0, col_panels};
     const Range rows = split_cols ? Range{0, g.M} : split(g.M, tid, nt, rows_for(NV));
