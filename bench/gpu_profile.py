@@ -1,6 +1,6 @@
 """Per-step GPU timings of pyrnn's kernels against torch.nn (cuDNN) over B and H: microseconds per time
 step, inference and training, medians of CUDA-event timings. Run on a GPU machine:
-    python bench/gpu_profile.py [--backend cuda] [--T 256] [--triton-mode resident]"""
+    python bench/gpu_profile.py [--backend cuda] [--T 256] [--triton-mode resident] [--mma]"""
 
 from __future__ import annotations
 
@@ -46,13 +46,19 @@ def main() -> None:
     p.add_argument("--H", default="256,512,1024")
     p.add_argument("--B", default="1,4,16,64")
     p.add_argument("--triton-mode", default="auto", help="with --backend triton: auto, persistent, resident, step")
+    p.add_argument("--mma", action="store_true", help="with --backend cuda: TF32 tensor-core dot products in the "
+                   "resident kernels (pyrnn.cuda_launch.set_mma; float32 under cuDNN's TF32 flag, on by default)")
     args = p.parse_args()
     pyrnn.set_backend(args.backend)
+    if args.mma:
+        from pyrnn import cuda_launch
+
+        cuda_launch.set_mma(True)
     if args.backend == "triton":
         from pyrnn.kernels import triton_host
 
         triton_host.set_mode(args.triton_mode)
-    mode = f" ({args.triton_mode})" if args.backend == "triton" else ""
+    mode = f" ({args.triton_mode})" if args.backend == "triton" else (" (TF32 MMA)" if args.mma else "")
     print(f"{torch.cuda.get_device_name()}, T={args.T}, backend {args.backend}{mode}: us per step (torch / pyrnn)")
     print(f"{'case':24s} {'infer torch':>12s} {'pyrnn':>8s} {'ratio':>6s} {'train torch':>12s} {'pyrnn':>8s} {'ratio':>6s}")
     for cell in args.cells.split(","):

@@ -12,6 +12,20 @@ from torch import Tensor
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
+def cudnn_rnn_uses_tf32() -> bool:
+    """Whether torch.nn's recurrent layers would run float32 in TF32 on this process's settings: cuDNN's RNN
+    precision, torch.backends.cudnn.rnn.fp32_precision (torch >= 2.9; set directly or through the older
+    torch.backends.cudnn.allow_tf32), on by default, where cuDNN is enabled (else torch.nn runs its own
+    float32 kernels). pyrnn's float32 GEMMs on CUDA follow it, so swapping nn.LSTM for pyrnn.LSTM keeps the
+    precision (and the tensor-core speed) a user had; so may the CUDA recurrence (pyrnn.cuda_launch.set_mma)."""
+    if not torch.backends.cudnn.enabled:
+        return False
+    try:
+        return torch.backends.cudnn.rnn.fp32_precision == "tf32"
+    except (AttributeError, RuntimeError):
+        return bool(torch.backends.cudnn.allow_tf32)
+
+
 def compute_dtype(t: Tensor) -> torch.dtype:
     """float64 stays float64; every other dtype computes in float32 (half types: float32 accumulation and
     float32 cell state, inputs widened once and outputs narrowed once)."""

@@ -3,6 +3,7 @@ pyrnn.ops dispatches to either; buffers and schedule come from pyrnn.kernels.hos
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -13,6 +14,9 @@ from .kernels import host_common as hc
 
 NAMES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}
 _resident = True
+# TF32 tensor-core dot products in the resident kernels (csrc/cuda/mma_tile.cuh): opt-in until they have been
+# validated and timed on a GPU (BENCHMARKS.md, GPU tuning notes); PYRNN_CUDA_MMA=1 or set_mma(True).
+_mma = os.environ.get("PYRNN_CUDA_MMA", "0") == "1"
 
 
 def set_resident(enabled: bool) -> None:
@@ -20,6 +24,21 @@ def set_resident(enabled: bool) -> None:
     compute, no projection), else the row-block kernels; False forces the row-block kernels (for testing)."""
     global _resident
     _resident = bool(enabled)
+
+
+def set_mma(enabled: bool) -> None:
+    """Let the resident kernels run their recurrent dot products in TF32 on tensor cores (mma.sync; float32
+    accumulation and cell state) where TF32 is allowed: for float32 inputs where torch.nn's cuDNN layers would
+    use it (host_common.cudnn_rnn_uses_tf32), always for bf16/fp16 inputs, whose values carry no more bits
+    than TF32; and where a layer has at least 8 rows. Off by default (PYRNN_CUDA_MMA=1 turns it on)."""
+    global _mma
+    _mma = bool(enabled)
+
+
+def _recurrence_tf32(input_dtype: torch.dtype) -> bool:
+    if not _mma:
+        return False
+    return input_dtype in (torch.bfloat16, torch.float16) or (input_dtype == torch.float32 and hc.cudnn_rnn_uses_tf32())
 
 
 def record_phases(records: Optional[list]) -> None:
@@ -34,7 +53,7 @@ _phase_records: Optional[list] = None
 
 
 def _run_resident(mode: str, a, backward: bool, bs: Optional[Tensor], offsets: Optional[Tensor], stream: int,
-                  device) -> bool:
+                  device, tf32: bool) -> bool:
     """Launches the resident kernel; False where it does not take this layer (the caller falls back)."""
     if not _resident:
         return False
@@ -44,7 +63,7 @@ def _run_resident(mode: str, a, backward: bool, bs: Optional[Tensor], offsets: O
         phases = torch.zeros(10, dtype=torch.int64, device=device)
         _phase_records.append((mode, backward, a.T, a.B, a.H, phases))
     return getattr(_module(), f"{NAMES[mode]}_resident")(a, backward, _p(bs), _p(offsets), _p(counter), stream,
-                                                          _p(phases))
+                                                          _p(phases), tf32)
 
 
 _GEMM_WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommended scratch on Hopper
@@ -120,7 +139,7 @@ def forward(mode, gx, w_hh, h0, batch_sizes, reverse, save, c0=None, w_hr=None, 
     bs, offsets = _schedule(batch_sizes, gx.device)
     stream = torch.cuda.current_stream(gx.device).cuda_stream
     with torch.cuda.device(gx.device):  # the kernels launch on the current device: make it the tensors'
-        if not _run_resident(mode, a, False, bs, offsets, stream, gx.device):
+        if not _run_resident(mode, a, False, bs, offsets, stream, gx.device, _recurrence_tf32(out_dt)):
             w_hh_t = w_hh.t().contiguous()  # [Hin, G*H]: consecutive threads read consecutive units
             getattr(_module(), f"{NAMES[mode]}_forward")(a, _p(w_hh_t), _p(bs), _p(offsets), stream)
     return hc.finish_forward(mode, y, ws, batch_sizes, reverse, out_dt)
@@ -143,6 +162,6 @@ def backward(mode, dy, dh_n, w_hh, batch_sizes, reverse, ws, dc_n=None, c0=None,
     bs, offsets = _schedule(batch_sizes, dy.device)
     stream = torch.cuda.current_stream(dy.device).cuda_stream
     with torch.cuda.device(dy.device):
-        if not _run_resident(mode, a, True, bs, offsets, stream, dy.device):
+        if not _run_resident(mode, a, True, bs, offsets, stream, dy.device, _recurrence_tf32(out_dt)):
             getattr(_module(), f"{NAMES[mode]}_backward")(a, _p(bs), _p(offsets), stream)
     return hc.finish_backward(mode, out, out_dt)

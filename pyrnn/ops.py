@@ -32,6 +32,7 @@ from torch import Tensor
 
 from . import backend as _backend
 from ._ext import cpu_kernels
+from .kernels import host_common as _host_common
 
 __all__ = [
     "cell",
@@ -211,18 +212,9 @@ def _gemm_impl(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     return _gemm(a, b, bias, _empty)
 
 
-def _cudnn_rnn_uses_tf32() -> bool:
-    """Whether torch.nn's recurrent layers would run float32 in TF32 on this process's settings: cuDNN's RNN
-    precision, torch.backends.cudnn.rnn.fp32_precision (torch >= 2.9; set directly or through the older
-    torch.backends.cudnn.allow_tf32), on by default, where cuDNN is enabled (else torch.nn runs its own
-    float32 kernels). pyrnn's float32 GEMMs on CUDA follow it, so swapping nn.LSTM for pyrnn.LSTM keeps the
-    precision (and the tensor-core speed) a user had; the recurrence itself always runs in float32."""
-    if not torch.backends.cudnn.enabled:
-        return False
-    try:
-        return torch.backends.cudnn.rnn.fp32_precision == "tf32"
-    except (AttributeError, RuntimeError):
-        return bool(torch.backends.cudnn.allow_tf32)
+# Whether torch.nn's recurrent layers would run float32 in TF32 (kernels/host_common.py, where the CUDA launcher
+# reads it too): pyrnn's float32 GEMMs on CUDA follow it.
+_cudnn_rnn_uses_tf32 = _host_common.cudnn_rnn_uses_tf32
 
 
 def _gemm(a: Tensor, b: Tensor, bias: Optional[Tensor], alloc) -> Tensor:

@@ -3,8 +3,9 @@ The CUDA sources are compiled wherever nvcc is found (setup.py); that much is ch
 
 Paths: "triton" (pyrnn/kernels, its choice by shape), "triton-resident" (its weight-resident kernels forced,
 where they take a layer), "cuda" (the weight-resident persistent kernels of csrc/cuda/resident.cuh
-where they take a layer, float32 compute without projection), "cuda-rowblock" (csrc/cuda/recurrence.cuh's
-row-block kernels, forced)."""
+where they take a layer, float32 compute without projection), "cuda-mma" (the same with their TF32 tensor-core
+dot products allowed: they run where TF32 is, here for bf16/fp16 inputs: the fixture below turns TF32 off for
+float32), "cuda-rowblock" (csrc/cuda/recurrence.cuh's row-block kernels, forced)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from conftest import forbid_torch_rnn
 from test_modules import Config, make_inputs, make_pair, random_configs, run
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
-PATHS = ["triton", "triton-resident", "cuda", "cuda-rowblock"]
+PATHS = ["triton", "triton-resident", "cuda", "cuda-mma", "cuda-rowblock"]
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit (nvcc) here, so no CUDA build to check")
@@ -49,6 +50,7 @@ def gpu_path(path: str):
 
     pyrnn.set_backend(backend)
     cuda_launch.set_resident(path != "cuda-rowblock")
+    cuda_launch.set_mma(path == "cuda-mma")
     if path == "triton-resident":
         from pyrnn.kernels import triton_host
 
@@ -58,6 +60,7 @@ def gpu_path(path: str):
     finally:
         pyrnn.set_backend("auto")
         cuda_launch.set_resident(True)
+        cuda_launch.set_mma(False)
         if path == "triton-resident":
             triton_host.set_mode("auto")
 
@@ -155,40 +158,91 @@ def test_gpu_half_types(cell, dtype, path):
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit (nvcc) here, so no CUDA build to check")
 def test_resident_plan_invariants():
     """The resident kernels' launch plan (pure host arithmetic, checked without a GPU): every unit owned by a
-    block, every output and reduction index covered by an instantiated register tile, shared memory within
-    the device's, and the plan taken for the float32 shapes the GPU grid times."""
+    block, every output and reduction index covered by an instantiated register tile (float32 FMA, or TF32 MMA
+    where allowed), shared memory within the device's, and the plan taken for the float32 shapes the GPU grid
+    times (with TF32 allowed, on tensor cores from B = 16)."""
     from pyrnn import _C, _cuda
 
     tiles = {(t, k) for t in (1, 2, 4, 8, 16) for k in (4, 8, 16, 32) if t * k <= 128}  # resident.cuh's
+    mma_forward = {(nt, ks, 1) for nt in (1, 2, 3, 4) for ks in (4, 8, 16)}  # (tiles of 8 outputs, k-steps, mma)
+    mma_backward = {(1, ks, 1) for ks in (4, 8, 16, 32, 64)} | {(1, 64, 2)}  # mma 2: 8-row tiles
     for sms, smem in ((132, 227 * 1024 - 8192), (16, 99 * 1024 - 8192), (1, 48 * 1024)):
         for G in (1, 3, 4):
             for H in (1, 3, 33, 128, 200, 256, 300, 512, 700, 1024, 2048, 4096, 5000):
-                for B in (1, 16, 40, 64, 1000, 100000):
+                for B in (1, 7, 8, 16, 40, 64, 1000, 100000):
                     for backward in (False, True):
-                        a = _C.RecurrenceArgs()
-                        a.dtype, a.H, a.B, a.T = 0, H, B, 7
-                        p = _cuda.resident_plan(G, a, backward, sms, smem)
-                        if sms == 132 and H <= 1024 and B <= 256:
-                            assert p["ok"], (G, H, B, backward)
-                        if not p["ok"]:
-                            continue
-                        O, K = (p["units_per_block"], G * H) if backward else (G * p["units_per_block"], H)
-                        assert p["blocks"] <= sms and p["blocks"] * p["units_per_block"] >= H
-                        assert (p["blocks"] - 1) * p["units_per_block"] < H  # no idle block
-                        assert (p["outputs_per_warp"], p["k_per_lane"]) in tiles
-                        assert (8 // p["warps_per_output"]) * p["outputs_per_warp"] >= O
-                        assert p["staged_row_length"] == 32 * p["k_per_lane"] * p["warps_per_output"] >= K
-                        assert p["chunk_rows"] % 4 == 0 and 4 <= p["chunk_rows"] <= 32
-                        assert p["dyn_smem"] <= smem
-                        if p["gx_staged"]:  # the forward's gx in shared memory: all rows in one chunk
-                            assert not backward and B <= p["chunk_rows"]
-                        if sms == 132 and B <= 16 and H <= 1024 and not backward:
-                            assert p["gx_staged"], (G, H, B)
+                        for tf32 in (False, True):
+                            a = _C.RecurrenceArgs()
+                            a.dtype, a.H, a.B, a.T = 0, H, B, 7
+                            p = _cuda.resident_plan(G, a, backward, sms, smem, tf32)
+                            if sms == 132 and H <= 1024 and B <= 256:
+                                assert p["ok"], (G, H, B, backward, tf32)
+                            if not p["ok"]:
+                                continue
+                            O, K = (p["units_per_block"], G * H) if backward else (G * p["units_per_block"], H)
+                            assert p["blocks"] <= sms and p["blocks"] * p["units_per_block"] >= H
+                            assert (p["blocks"] - 1) * p["units_per_block"] < H  # no idle block
+                            quantum = p["row_quantum"]
+                            if p["mma"]:
+                                assert tf32 and B >= 8
+                                tile = (p["mma_output_tiles"], p["mma_k_steps"], p["mma"])
+                                assert tile in (mma_backward if backward else mma_forward), tile
+                                assert 8 * p["mma_output_tiles"] >= O and p["warps_per_output"] == 8
+                                assert p["staged_row_length"] == 64 * p["mma_k_steps"] + 4 >= K + 4
+                                assert p["staged_row_length"] % 32 == 4  # A-fragment loads: 32 banks
+                                assert quantum == (16 if p["mma"] == 1 else 8)
+                            else:
+                                assert (p["outputs_per_warp"], p["k_per_lane"]) in tiles
+                                assert (8 // p["warps_per_output"]) * p["outputs_per_warp"] >= O
+                                assert p["staged_row_length"] == 32 * p["k_per_lane"] * p["warps_per_output"] >= K
+                                assert quantum == 4
+                            assert p["chunk_rows"] % quantum == 0 and quantum <= p["chunk_rows"] <= 32
+                            assert p["dyn_smem"] <= smem
+                            if p["gx_staged"]:  # the forward's gx in shared memory: all rows in one chunk
+                                assert not backward and B <= p["chunk_rows"]
+                            if sms == 132 and B <= 16 and H <= 1024 and not backward:
+                                assert p["gx_staged"], (G, H, B)
+                            if sms == 132 and 16 <= B <= 256 and H <= 1024 and tf32:
+                                assert p["mma"], (G, H, B, backward)  # the grid's B = 16 shapes: tensor cores
     a = _C.RecurrenceArgs()
     a.dtype, a.H, a.B, a.T = 1, 256, 4, 3  # float64: the row-block kernels
     assert not _cuda.resident_plan(4, a, False, 132, 200_000)["ok"]
     a.dtype, a.P = 0, 128  # projection: the row-block kernels
     assert not _cuda.resident_plan(4, a, False, 132, 200_000)["ok"]
+
+
+def _tf32(t: torch.Tensor) -> torch.Tensor:
+    """float32 rounded to TF32 as cvt.rna.tf32.f32 does (nearest, ties away from zero): 10 mantissa bits."""
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit (nvcc) here, so no CUDA build to check")
+@pytest.mark.parametrize("nt, ks, half", [(1, 4, False), (1, 8, False), (1, 16, False), (1, 32, False), (1, 64, False),
+                                          (1, 64, True), (2, 4, False), (3, 8, False), (4, 16, False)])
+def test_mma_tile_fragments_emulated(nt, ks, half):
+    """The TF32 MMA tile's per-lane fragment code (csrc/cuda/mma_tile.cuh: B fragments from W, A fragments from
+    the staged rows, the sums back to their [row, output] places), run for every warp and lane on the host with
+    mma.sync computed from its definition: out = x . W^T of the TF32-rounded operands, for partial row tiles,
+    outputs and reductions that do not fill the tiles."""
+    from pyrnn import _cuda
+
+    gen = torch.Generator().manual_seed(nt * 100 + ks + half)
+    quantum = 8 if half else 16
+    ld = 64 * ks + 4
+    for O, K, rows in [(8 * nt, 64 * ks, 2 * quantum), (8 * nt - 3, 64 * ks - 37, 2 * quantum - 5), (1, 5, 1)]:
+        w = torch.randn(O, K, generator=gen)
+        x = torch.randn(rows, K, generator=gen)
+        xs = torch.zeros((rows + quantum - 1) // quantum * quantum, ld)  # staged: zero-padded rows and columns
+        xs[:rows, :K] = x
+        out = torch.full((rows, O), float("nan"))
+        assert _cuda.mma_tile_emulate(nt, ks, half, w.data_ptr(), O, K, xs.data_ptr(), rows, out.data_ptr())
+        want = _tf32(x).double() @ _tf32(w).double().t()
+        torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4 * K ** 0.5)
+        exact = x.double() @ w.double().t()  # and TF32's rounding (2^-11 a term) is all that separates them
+        scale = x.double().abs() @ w.double().abs().t()
+        assert ((out.double() - exact).abs() <= 2e-3 * scale).all()
+    assert not _cuda.mma_tile_emulate(5, 4, False, 0, 0, 0, 0, 0, 0)  # not instantiated
 
 
 @needs_gpu
@@ -240,6 +294,47 @@ def test_gpu_tf32_follows_cudnn():
     assert rel(exact, truth) < 1e-5
     assert 1e-6 < rel(fast, truth) < 1e-2  # TF32 was used, and only within its rounding
     assert rel(fast, want) < 1e-2
+
+
+@needs_gpu
+@pytest.mark.parametrize("cell, H, B", [("LSTM", 256, 8), ("LSTM", 1024, 16), ("GRU", 512, 40), ("GRU", 1024, 16),
+                                        ("RNN", 1024, 33), ("LSTM", 700, 64)])
+def test_gpu_tf32_recurrence(cell, H, B):
+    """The resident kernels' TF32 tensor-core dot products (cuda_launch.set_mma; float32 with cuDNN's TF32
+    flag on): outputs, final states and every gradient within TF32 rounding of the float64 computation, and
+    not bit-identical to the float32 recurrence (so the MMA tiles ran): 16-row tiles, the backward's 8-row
+    tiles at G*H = 4096 (LSTM H=1024), several row chunks (B=40, 64)."""
+    if not pyrnn.backends()["cuda"]["available"]:
+        pytest.skip(pyrnn.backends()["cuda"]["reason"])
+    from pyrnn import cuda_launch
+
+    torch.manual_seed(H + B)
+    ours = getattr(pyrnn, cell)(64, H).cuda()
+    x = torch.randn(12, B, 64, device="cuda")
+    g = torch.randn(12, B, H, device="cuda")
+
+    def run_module(module, inp, grad):
+        inp = inp.clone().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        with forbid_torch_rnn():
+            out, h = module(inp)
+            out.backward(grad)
+        return [out.detach(), *(h if isinstance(h, tuple) else (h,)), inp.grad] + [p.grad for p in module.parameters()]
+
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        cuda_launch.set_mma(False)
+        plain = run_module(ours, x, g)
+        cuda_launch.set_mma(True)
+        fast = run_module(ours, x, g)
+    finally:
+        cuda_launch.set_mma(False)
+        torch.backends.cudnn.allow_tf32 = False
+    truth = run_module(ours.double(), x.double(), g.double())
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()  # noqa: E731
+    for got, want in zip(fast, truth):
+        assert rel(got, want) < 2e-2
+    assert any(not torch.equal(a, b) for a, b in zip(fast, plain))
 
 
 def test_tf32_follows_cudnn_rnn_flags():

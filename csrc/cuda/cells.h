@@ -17,12 +17,12 @@ namespace cuda {
                      uintptr_t stream);                                                                       \
   int cell##_backward(const RecurrenceArgs& a, uintptr_t batch_sizes, uintptr_t offsets, uintptr_t stream);  \
   int cell##_resident(const RecurrenceArgs& a, bool backward, uintptr_t batch_sizes, uintptr_t offsets,       \
-                      uintptr_t counter, uintptr_t phases, uintptr_t stream);
+                      uintptr_t counter, uintptr_t phases, uintptr_t stream, bool tf32);
 
 // cell##_resident runs the weight-resident kernels (resident.cuh; a.w_hh [G*H, H] float32, counter: one
 // uint32 on the device, zeroed by the launch; phases: 0, or 10 uint64 on the device for the per-phase cycle
-// counts of block 0, for profiling) and returns kNotResident where they do not take the layer or
-// its blocks cannot all be resident on this device.
+// counts of block 0, for profiling; tf32: the recurrent dot products may use TF32 tensor cores) and returns
+// kNotResident where they do not take the layer or its blocks cannot all be resident on this device.
 constexpr int kNotResident = -1;
 
 // The resident kernels' plan for a layer on a device with `sms` SMs and `max_dyn_smem` bytes of dynamic
@@ -30,11 +30,18 @@ constexpr int kNotResident = -1;
 struct ResidentPlanInfo {
   bool ok = false;
   int blocks = 0, units_per_block = 0, outputs_per_warp = 0, k_per_lane = 0, warps_per_output = 0;
-  int chunk_rows = 0, staged_row_length = 0;
+  int chunk_rows = 0, staged_row_length = 0, row_quantum = 0;
+  int mma = 0, mma_output_tiles = 0, mma_k_steps = 0;  // MmaTile: 1 = 16-row tiles, 2 = 8-row tiles; 0 = FMA tile
   bool gx_staged = false;
   int64_t dyn_smem = 0, static_smem = 0;
 };
-ResidentPlanInfo resident_plan_info(int G, const RecurrenceArgs& a, bool backward, int sms, size_t max_dyn_smem);
+ResidentPlanInfo resident_plan_info(int G, const RecurrenceArgs& a, bool backward, int sms, size_t max_dyn_smem,
+                                    bool tf32);
+
+// The tests' check of the TF32 MMA tile's fragment code without a GPU (mma_tile.cuh emulate_dot, host pointers):
+// out [rows, O] = xs [rows padded to the tile's rows, mma_row_length(ks)] . w [O, K]^T (K <= 8 warps x ks x 8,
+// xs zero beyond K). Returns false for a tile that is not instantiated.
+bool mma_tile_emulate(int nt, int ks, bool half, uintptr_t w, int O, int K, uintptr_t xs, int rows, uintptr_t out);
 
 PYRNN_CUDA_DECLARE(lstm)
 PYRNN_CUDA_DECLARE(gru)
@@ -69,8 +76,8 @@ int gemm_tf32(int64_t M, int64_t N, int64_t K, uintptr_t a, int64_t sa_m, int64_
     return launch_backward<float, Cell<float>>(a, bs, off, s);                                                \
   }                                                                                                           \
   int cell##_resident(const RecurrenceArgs& a, bool backward, uintptr_t batch_sizes, uintptr_t offsets,       \
-                      uintptr_t counter, uintptr_t phases, uintptr_t stream) {                                \
-    const resident::Plan p = resident::plan_for_device(Cell<float>::G, a, backward);                          \
+                      uintptr_t counter, uintptr_t phases, uintptr_t stream, bool tf32) {                     \
+    const resident::Plan p = resident::plan_for_device(Cell<float>::G, a, backward, tf32);                    \
     if (!p.ok) return kNotResident;                                                                           \
     const cudaError_t err = resident::launch<Cell<float>>(                                                    \
         backward, a, reinterpret_cast<const int64_t*>(batch_sizes), reinterpret_cast<const int64_t*>(offsets), \

@@ -15,6 +15,8 @@
 // The dot products: 8 warps; warp w serves outputs [og*TO, og*TO + TO) (og = w / wk) over the reduction
 // indices k = kg*32*KE + lane + 32*e (kg = w % wk, e < KE), with W[o][k] for those in registers, and a
 // shuffle reduction across the warp (plus a shared-memory atomic across the wk warps of an output group).
+// Where the plan allows TF32 and there are enough rows, MmaTile (mma_tile.cuh) instead: tensor-core MMAs on the
+// same register-resident slice.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,6 +24,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "mma_tile.cuh"
 #include "recurrence.cuh"
 
 namespace pyrnn {
@@ -32,6 +35,7 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kRowChunk = 32;    // state rows whose dot products are staged in shared memory at once
 constexpr int kMaxOutputs = 64;  // outputs (gate rows or units) per block
+static_assert(kWarps == kMmaWarps, "MmaTile splits the reduction over all the block's warps");
 
 // Grid-wide barrier over co-resident blocks (cooperative launch): counter starts at 0, target grows by
 // gridDim.x per barrier. The block's writes before it are ordered by __syncthreads() before thread 0's
@@ -259,13 +263,14 @@ struct Layout {
   int upb;    // hidden units per block
   int wk;     // warps sharing one output group's reduction
   int chunk;  // state (forward) or dG (backward) rows staged in shared memory at once (whole passes)
-  int ld;     // staged row length: 32 * KE * wk, >= the reduction length
+  int ld;     // staged row length, >= the reduction length: 32 * KE * wk (WarpTile), mma_row_length(KS) (MmaTile)
   unsigned long long* phases;  // PhaseClock's output, or null (the default)
   int gx_staged;               // forward: every step's rows in one chunk and their gx [B, G, upb] in shared memory
+  int quantum;                 // staged rows are zero-padded to a multiple of this: the tile's rows per pass
 };
 
-__host__ __device__ __forceinline__ int whole_passes(int rows) {
-  return (rows + kRowsPerPass - 1) / kRowsPerPass * kRowsPerPass;
+__host__ __device__ __forceinline__ int round_up(int rows, int quantum) {
+  return (rows + quantum - 1) / quantum * quantum;
 }
 
 // sums[r][o] = src(r)[:K] . W[o][:K] for the chunk's rows (r < rows, o < O): stage the rows, zero the sums
@@ -273,7 +278,7 @@ __host__ __device__ __forceinline__ int whole_passes(int rows) {
 template <int kStagePhase, typename Tile, typename Src>
 __device__ __forceinline__ void staged_dot(const Tile& tile, const Layout& lay, float* xs, int rows, int K, int O,
                                            float* sums, PhaseClock& clock, Src src) {
-  stage_rows(xs, rows, whole_passes(rows), K, lay.ld, src);
+  stage_rows(xs, rows, round_up(rows, lay.quantum), K, lay.ld, src);
   if (lay.wk > 1)
     for (int e = threadIdx.x; e < rows * O; e += kThreads) sums[e] = 0.f;
   __syncthreads();
@@ -284,7 +289,8 @@ __device__ __forceinline__ void staged_dot(const Tile& tile, const Layout& lay, 
 }
 
 // Forward. a: as the row-block kernels (gx [N, G*H], w_hh [G*H, H], h0 [B, H], y [N, H], workspace).
-template <typename Cell, int TO, int KE>
+// Tile: WarpTile<TO, KE> or MmaTile<NT, KS, kHalf>.
+template <typename Cell, typename Tile>
 __global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(RecurrenceArgs a, const int64_t* batch_sizes, const int64_t* offsets, unsigned* counter,
                    Layout lay) {
@@ -310,7 +316,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     prefetch_step(cell, a, batch_sizes, offsets, 0, u0, upb, false);
   }
-  WarpTile<TO, KE> tile;
+  Tile tile;
   // output o = g*upb + u is gate row g*H + u0 + u
   tile.load(lay.wk, [&](int o, int k) {
     const int g = o / upb, u = o % upb;
@@ -368,7 +374,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 // Backward. Dynamic shared memory: carry_s [B, upb] (dL/dh of the next step, this block's units); second_s
 // [B, upb]: for cells with a direct path (GRU: dh_prev += z * dh) that term, for cells with a cell state
 // (LSTM) the dL/dc carry; then the staged dG rows [lay.chunk, lay.ld].
-template <typename Cell, int TO, int KE>
+template <typename Cell, typename Tile>
 __global__ void __launch_bounds__(kThreads, 1)
     backward_kernel(RecurrenceArgs a, const int64_t* batch_sizes, const int64_t* offsets, unsigned* counter,
                     Layout lay) {
@@ -389,7 +395,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* a_dc0 = reinterpret_cast<float*>(a.dc0);
   Cell cell(a);
   prefetch_step(cell, a, batch_sizes, offsets, a.T - 1, u0, upb, true);
-  WarpTile<TO, KE> tile;
+  Tile tile;
   // output o = unit u0 + o; reduction index k = gate row
   tile.load(lay.wk, [&](int o, int k) {
     return (o < upb && u0 + o < H && k < GH) ? w_hh[static_cast<int64_t>(k) * H + u0 + o] : 0.f;
@@ -451,10 +457,24 @@ constexpr int kTileKE[] = {4, 8, 16, 32};
 
 struct Plan {
   bool ok = false;
-  int blocks = 0, to = 0, ke = 0;
+  int blocks = 0, to = 0, ke = 0;  // WarpTile<to, ke> where mma == 0
+  int mma = 0, nt = 0, ks = 0;     // MmaTile<nt, ks, mma == 2>: 1: 16-row tiles, 2: 8-row tiles; 0: none
   Layout lay{};
   size_t dyn_smem = 0;
 };
+
+// MMA tiles instantiated (launch): forward nt = 1..4 (O <= 32: LSTM up to 8 units a block) with ks = 4, 8, 16
+// (H <= 1024); backward nt = 1 (upb <= 8) with ks = 4..64 (G*H <= 4096), in 8-row tiles only at ks = 64, where
+// 16 staged rows of 16 KiB would not fit in shared memory.
+constexpr int kMmaMinRows = 8;  // fewer rows: the FMA tile's one-row passes waste less than a 16-row MMA
+
+inline bool choose_mma(int O, int64_t K, bool backward, int& nt, int& ks) {
+  nt = (O + 7) / 8;
+  const int64_t steps = (K + kMmaWarps * 8 - 1) / (kMmaWarps * 8);  // MMA k-steps per warp
+  ks = 4;
+  while (ks < steps) ks *= 2;
+  return backward ? nt == 1 && ks <= 64 : nt <= 4 && ks <= 16;
+}
 
 // The tile for O outputs per block over K reduction indices. Per pass of kRowsPerPass rows a warp issues
 // about TO*KE/4 FMA cycles per scheduler and KE loads plus TO shuffles on the shared-memory pipe: take the
@@ -478,8 +498,9 @@ inline bool choose_tile(int O, int64_t K, int& to, int& ke, int& wk) {
   return best < 1e30;
 }
 
-// Whether the resident kernels take this layer, and how: one block per SM at most.
-inline Plan plan(int G, const RecurrenceArgs& a, bool backward, int sms, size_t max_dyn_smem) {
+// Whether the resident kernels take this layer, and how: one block per SM at most. tf32: the dot products may
+// run in TF32 on tensor cores (MmaTile) where there are at least kMmaMinRows rows and a tile fits.
+inline Plan plan(int G, const RecurrenceArgs& a, bool backward, int sms, size_t max_dyn_smem, bool tf32 = false) {
   Plan p;
   if (a.dtype != static_cast<int>(DType::kFloat32) || a.P > 0 || a.H <= 0 || a.H > 4096 || sms <= 0) return p;
   const int H = static_cast<int>(a.H);
@@ -488,16 +509,36 @@ inline Plan plan(int G, const RecurrenceArgs& a, bool backward, int sms, size_t 
   p.lay.upb = upb;
   const int O = backward ? upb : G * upb;
   const int64_t K = backward ? static_cast<int64_t>(G) * H : H;
-  if (O > kMaxOutputs || !choose_tile(O, K, p.to, p.ke, p.lay.wk)) return p;
+  if (O > kMaxOutputs) return p;
   // per-unit state in shared memory: backward dh carry + (direct term or dc carry); forward c (LSTM: G == 4)
   const size_t carried = backward ? 2 : (G == 4 ? 1 : 0);
   const size_t carries = sizeof(float) * ((carried * static_cast<size_t>(a.B) * upb + 3) & ~size_t(3));
-  p.lay.ld = 32 * p.ke * p.lay.wk;
+  if (carries >= max_dyn_smem) return p;
+  const size_t budget = (max_dyn_smem - carries) * 2 / 3;  // a third of the SM's shared memory stays L1
+  if (tf32 && a.B >= kMmaMinRows && choose_mma(O, K, backward, p.nt, p.ks)) {
+    const size_t mma_row_bytes = sizeof(float) * mma_row_length(p.ks);
+    if (16 * mma_row_bytes <= budget) {
+      p.mma = 1;
+    } else if (backward && p.ks == 64 && 8 * mma_row_bytes <= budget) {
+      p.mma = 2;
+    }
+  }
+  if (p.mma) {
+    p.lay.wk = kWarps;  // every warp adds its share of the reduction into the zeroed sums
+    p.lay.ld = mma_row_length(p.ks);
+    p.lay.quantum = p.mma == 1 ? 16 : 8;
+  } else {
+    p.nt = p.ks = 0;
+    if (!choose_tile(O, K, p.to, p.ke, p.lay.wk)) return p;
+    p.lay.ld = 32 * p.ke * p.lay.wk;
+    p.lay.quantum = kRowsPerPass;
+  }
+  const int quantum = p.lay.quantum;
   const size_t row_bytes = sizeof(float) * p.lay.ld;
-  if (carries + kRowsPerPass * row_bytes > max_dyn_smem) return p;
+  if (carries + quantum * row_bytes > max_dyn_smem) return p;
   // forward: gx of a step in shared memory where all its rows fit in one chunk and it takes at most 16 KiB
   const size_t gx_bytes = sizeof(float) * ((static_cast<size_t>(a.B) * G * upb + 3) & ~size_t(3));
-  const int staged_rows = std::max(kRowsPerPass, whole_passes(static_cast<int>(std::min<int64_t>(a.B, kRowChunk))));
+  const int staged_rows = std::max(quantum, round_up(static_cast<int>(std::min<int64_t>(a.B, kRowChunk)), quantum));
   if (!backward && a.B <= kRowChunk && gx_bytes <= 16384 &&
       carries + gx_bytes + static_cast<size_t>(staged_rows) * row_bytes <= max_dyn_smem * 2 / 3) {
     p.lay.gx_staged = 1;
@@ -507,8 +548,7 @@ inline Plan plan(int G, const RecurrenceArgs& a, bool backward, int sms, size_t 
     return p;
   }
   // as many staged rows as fit (whole passes, up to kRowChunk), keeping a third of the SM's shared memory as L1
-  const size_t budget = (max_dyn_smem - carries) * 2 / 3;
-  const size_t fit = std::max<size_t>(kRowsPerPass, budget / row_bytes / kRowsPerPass * kRowsPerPass);
+  const size_t fit = std::max<size_t>(quantum, budget / row_bytes / quantum * quantum);
   p.lay.chunk = static_cast<int>(std::min<size_t>(kRowChunk, fit));
   p.dyn_smem = carries + row_bytes * p.lay.chunk;
   p.ok = p.dyn_smem <= max_dyn_smem;
@@ -516,7 +556,7 @@ inline Plan plan(int G, const RecurrenceArgs& a, bool backward, int sms, size_t 
 }
 
 // plan() for the current device: its SM count, cooperative launch support and shared memory.
-inline Plan plan_for_device(int G, const RecurrenceArgs& a, bool backward) {
+inline Plan plan_for_device(int G, const RecurrenceArgs& a, bool backward, bool tf32) {
   int dev = 0, sms = 0, coop = 0, smem = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess ||
@@ -524,14 +564,21 @@ inline Plan plan_for_device(int G, const RecurrenceArgs& a, bool backward) {
     return Plan{};
   }
   const size_t static_smem = sizeof(float) * kRowChunk * kMaxOutputs;
-  return plan(G, a, backward, sms, smem > static_cast<int>(static_smem) ? smem - static_smem : 0);
+  return plan(G, a, backward, sms, smem > static_cast<int>(static_smem) ? smem - static_smem : 0, tf32);
 }
 
-template <typename Cell, int TO, int KE>
+// kForward / kBackward: which of the two kernels this tile is instantiated for.
+template <typename Cell, typename Tile, bool kForward = true, bool kBackward = true>
 cudaError_t launch_tile(bool backward, RecurrenceArgs a, const int64_t* bs, const int64_t* off, unsigned* counter,
                         unsigned long long* phases, const Plan& p, cudaStream_t stream) {
-  void* fn = backward ? reinterpret_cast<void*>(backward_kernel<Cell, TO, KE>)
-                      : reinterpret_cast<void*>(forward_kernel<Cell, TO, KE>);
+  void* fn = nullptr;
+  if constexpr (kBackward) {
+    if (backward) fn = reinterpret_cast<void*>(backward_kernel<Cell, Tile>);
+  }
+  if constexpr (kForward) {
+    if (!backward) fn = reinterpret_cast<void*>(forward_kernel<Cell, Tile>);
+  }
+  if (!fn) return cudaErrorInvalidConfiguration;
   {
     cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.dyn_smem));
     if (err != cudaSuccess) return err;
@@ -556,8 +603,25 @@ cudaError_t launch(bool backward, const RecurrenceArgs& a, const int64_t* bs, co
                    unsigned long long* phases, const Plan& p, cudaStream_t stream) {
   cudaError_t err = cudaMemsetAsync(counter, 0, sizeof(unsigned), stream);
   if (err != cudaSuccess || a.B == 0 || a.T == 0) return err;
+  if (p.mma) {
+#define PYRNN_MMA(NT_, KS_, HALF_, FWD_, BWD_)                                                            \
+  if (p.nt == NT_ && p.ks == KS_ && (p.mma == 2) == HALF_)                                               \
+    return launch_tile<Cell, MmaTile<NT_, KS_, HALF_>, FWD_, BWD_>(backward, a, bs, off, counter, phases, p, stream);
+#define PYRNN_MMA_FORWARD(NT_) \
+  PYRNN_MMA(NT_, 4, false, true, false) PYRNN_MMA(NT_, 8, false, true, false) PYRNN_MMA(NT_, 16, false, true, false)
+    if (backward) {
+      PYRNN_MMA(1, 4, false, false, true) PYRNN_MMA(1, 8, false, false, true) PYRNN_MMA(1, 16, false, false, true)
+      PYRNN_MMA(1, 32, false, false, true) PYRNN_MMA(1, 64, false, false, true) PYRNN_MMA(1, 64, true, false, true)
+    } else {
+      PYRNN_MMA_FORWARD(1) PYRNN_MMA_FORWARD(2) PYRNN_MMA_FORWARD(3) PYRNN_MMA_FORWARD(4)
+    }
+#undef PYRNN_MMA_FORWARD
+#undef PYRNN_MMA
+    return cudaErrorInvalidConfiguration;
+  }
 #define PYRNN_TILE(TO_, KE_) \
-  if (p.to == TO_ && p.ke == KE_) return launch_tile<Cell, TO_, KE_>(backward, a, bs, off, counter, phases, p, stream);
+  if (p.to == TO_ && p.ke == KE_)  \
+    return launch_tile<Cell, WarpTile<TO_, KE_>>(backward, a, bs, off, counter, phases, p, stream);
 #define PYRNN_TILES(TO_) PYRNN_TILE(TO_, 4) PYRNN_TILE(TO_, 8) PYRNN_TILE(TO_, 16)
   PYRNN_TILES(1) PYRNN_TILE(1, 32) PYRNN_TILES(2) PYRNN_TILE(2, 32) PYRNN_TILES(4) PYRNN_TILE(4, 32) PYRNN_TILES(8)
   PYRNN_TILE(16, 4) PYRNN_TILE(16, 8)
