@@ -59,8 +59,8 @@ PYRNN_HD inline uint32_t to_tf32(float x) {
 #else
   uint32_t u;
   std::memcpy(&u, &x, sizeof(u));
-  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;  // half a TF32 ulp on the magnitude: ties go up
-  return u & 0xffffe000u;
+  if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf, NaN (masking a NaN's low payload could make it inf)
+  return (u + 0x1000u) & 0xffffe000u;  // half a TF32 ulp on the magnitude, then truncate: ties go away from 0
 #endif
 }
 
