@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (see DEVELOPERS.md): build in place, the GPU tests, and the GPU grid of
 # `python -m pyrnn.bench` once per GPU backend. Logs and JSON under $OUT. Usage: bash bench/gpu_session.sh [quick]
+# BACKENDS (default "triton cuda") may also name cuda-mma: the CUDA backend with its opt-in TF32 tensor-core
+# recurrence (PYRNN_CUDA_MMA=1). PROFILE=1 adds bench/gpu_profile.py on the CUDA backend, without and with --mma.
+# TEST_ARGS passes pytest options (e.g. -k "mma or tf32"); SKIP_TESTS=1 skips the tests.
 # To time FlashRNN beside them, first `pip download flashrnn einops ninja --no-deps -d .whl --python-version 3.12
 # --only-binary=:all: --platform manylinux2014_x86_64` here and carry .whl (FlashRNN builds its CUDA kernels at
 # run time there, with the machine's nvcc and ninja).
@@ -23,8 +26,15 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
     ${TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -40
 fi
 for backend in ${BACKENDS:-triton cuda}; do
-  timeout "${BENCH_TIMEOUT:-240}" python3 -m pyrnn.bench --gpu-only --backend "$backend" --min-time 0.5 \
-    ${1:+--quick} --json "$OUT/gpu_$backend.json" --markdown "$OUT/gpu_$backend.md" 2>"$OUT/bench_$backend.err" \
-    >"$OUT/bench_$backend.txt"
+  mma=0
+  [ "$backend" = cuda-mma ] && mma=1
+  PYRNN_CUDA_MMA=$mma timeout "${BENCH_TIMEOUT:-240}" python3 -m pyrnn.bench --gpu-only --backend "${backend%-mma}" \
+    --min-time 0.5 ${1:+--quick} --json "$OUT/gpu_$backend.json" --markdown "$OUT/gpu_$backend.md" \
+    2>"$OUT/bench_$backend.err" >"$OUT/bench_$backend.txt"
   grep -B1 "ms, pyrnn" "$OUT/bench_$backend.err" | tail -40
 done
+if [ "${PROFILE:-0}" = 1 ]; then
+  for flag in "" --mma; do
+    timeout "${BENCH_TIMEOUT:-240}" python3 bench/gpu_profile.py --backend cuda $flag 2>&1 | tee "$OUT/profile${flag}.txt"
+  done
+fi
