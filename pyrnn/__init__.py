@@ -20,7 +20,9 @@ __version__ = "0.1.0"
 
 
 def backends() -> dict:
-    """What this installation can run: {backend: {"available": bool, ...details or "reason"}}."""
+    """What this installation can run: {backend: {"available": bool, ...details or "reason"}}. Where the CUDA
+    extension is built, "tf32_recurrence" says whether its resident kernels may run the recurrent dot products in
+    TF32 on tensor cores (opt-in: pyrnn.cuda_launch.set_mma or PYRNN_CUDA_MMA=1)."""
     from ._ext import BUILD_HINT, _C, _IMPORT_ERROR
 
     cpu = {"available": _C is not None}
@@ -43,6 +45,10 @@ def backends() -> dict:
     cuda = {"available": ok and gpu}
     if not cuda["available"]:
         cuda["reason"] = why if not ok else "the extension is built but no CUDA GPU is visible"
+    if ok:  # opt-in, not yet validated on a GPU: cuda_launch.set_mma / PYRNN_CUDA_MMA=1
+        from . import cuda_launch
+
+        cuda["tf32_recurrence"] = cuda_launch.mma_enabled()
     return {"cpu": cpu, "triton": triton, "cuda": cuda, "forced": get_backend()}
 
 

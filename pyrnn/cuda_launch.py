@@ -35,6 +35,11 @@ def set_mma(enabled: bool) -> None:
     _mma = bool(enabled)
 
 
+def mma_enabled() -> bool:
+    """Whether set_mma (or PYRNN_CUDA_MMA=1) has let the resident kernels use TF32 tensor cores."""
+    return _mma
+
+
 def _recurrence_tf32(input_dtype: torch.dtype) -> bool:
     if not _mma:
         return False

@@ -211,6 +211,31 @@ def test_resident_plan_invariants():
     assert not _cuda.resident_plan(4, a, False, 132, 200_000)["ok"]
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit (nvcc) here, so no CUDA build to check")
+def test_tf32_recurrence_is_opt_in_and_reported():
+    """The resident kernels' TF32 recurrence stays off unless asked for (not yet validated on a GPU), and
+    pyrnn.backends() says which it is; half-type inputs take it once on, float32 only under cuDNN's TF32 flag."""
+    from pyrnn import cuda_launch
+
+    assert pyrnn.backends()["cuda"]["tf32_recurrence"] is cuda_launch.mma_enabled()
+    previous, allow = cuda_launch.mma_enabled(), torch.backends.cudnn.allow_tf32
+    try:
+        cuda_launch.set_mma(False)
+        assert pyrnn.backends()["cuda"]["tf32_recurrence"] is False
+        assert not any(cuda_launch._recurrence_tf32(d) for d in (torch.float32, torch.bfloat16, torch.float16))
+        cuda_launch.set_mma(True)
+        assert pyrnn.backends()["cuda"]["tf32_recurrence"] is True
+        assert cuda_launch._recurrence_tf32(torch.bfloat16) and cuda_launch._recurrence_tf32(torch.float16)
+        torch.backends.cudnn.allow_tf32 = False  # float32 follows torch.nn's cuDNN flag
+        assert not cuda_launch._recurrence_tf32(torch.float32)
+        torch.backends.cudnn.allow_tf32 = True
+        assert cuda_launch._recurrence_tf32(torch.float32) == cuda_launch.hc.cudnn_rnn_uses_tf32()
+        assert not cuda_launch._recurrence_tf32(torch.float64)
+    finally:
+        cuda_launch.set_mma(previous)
+        torch.backends.cudnn.allow_tf32 = allow
+
+
 def _tf32(t: torch.Tensor) -> torch.Tensor:
     """float32 rounded to TF32 as cvt.rna.tf32.f32 does (nearest, ties away from zero): 10 mantissa bits."""
     bits = t.contiguous().view(torch.int32)
