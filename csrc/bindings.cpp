@@ -258,6 +258,11 @@ PYBIND11_MODULE(_C, m) {
       "set_parallel_threshold", [](int64_t macs) { pyrnn::min_macs_per_thread().store(macs); }, py::arg("macs"),
       "per-step multiply-adds each extra thread needs (tests set 1 to force the threaded path)");
   m.def("get_parallel_threshold", [] { return pyrnn::min_macs_per_thread().load(); });
+  m.def(
+      "set_row_split_min_rows", [](int64_t rows) { pyrnn::row_split_min_rows().store(rows); }, py::arg("rows"),
+      "rows per thread from which a sequence is split by batch rows rather than hidden units (tests: 1 forces the "
+      "row split wherever it applies, a huge value the unit split)");
+  m.def("get_row_split_min_rows", [] { return pyrnn::row_split_min_rows().load(); });
   m.def("fma_peak_gflops", [](int nthreads, int64_t iterations) { return active->fma_peak_gflops(nthreads, iterations); },
         nogil, py::arg("nthreads"), py::arg("iterations") = 100000000,
         "measured float32 FMA throughput of this machine with the active ISA, GFLOP/s");

@@ -384,6 +384,52 @@ inline bool single_step_direct(const RecurrenceArgs& a, int64_t macs) {
   return a.T == 1 && a.P == 0 && (a.B <= 2 || macs <= (int64_t{1} << 16));
 }
 
+// Splitting a sequence over threads by batch rows instead of hidden units. Rows are independent through the
+// whole recurrence, so a thread that owns rows runs all its steps with no barrier and reads no state another
+// core wrote; the price is that each thread packs and streams all of W_hh instead of its share, so it pays
+// only up to a size of W_hh (smaller for the forward) and where every thread gets a tile's worth of rows.
+// Measured against the unit split on 2 threads (kernels alone, T = 100, interleaved in one process):
+// - backward: 1.13-1.47x at H = 64-128, RNN H = 256 1.24x, LSTM H = 256 1.09x, LSTM H = 384 and RNN H = 768
+//   (2.4 MB of packed weights a thread) 1.04-1.07x, LSTM H = 512 (4 MB) 1.02x, LSTM H = 1024 (16 MB) 0.85x. Its
+//   unit split moves the most between cores: each step reads all gate gradients of the batch, half of them
+//   written by the other core.
+// - forward: RNN H <= 256 1.04-1.17x, LSTM H = 128 1.01-1.09x, H = 64 1.04x; LSTM/GRU with 0.5-1 MB of weights
+//   0.98-1.01x, LSTM H = 320-512 0.93-0.95x. Its epilogue (the gate nonlinearities) hides more of the exchange.
+// In whole training steps (median of paired ratios, order shuffled) the backward's gain shrank where W_hh fills
+// most of the 1 MiB L2 beside the step's other data (LSTM H = 200 and 256: 0.98-0.99x), so both limits stay
+// below that; the grid's steps it applies to gained 1-4%.
+constexpr int64_t kRowSplitForwardMaxBytes = int64_t{320} << 10;
+constexpr int64_t kRowSplitBackwardMaxBytes = int64_t{768} << 10;
+// Threads for a row split of this sequence (each streaming `weight_bytes` of packed weights per step), or 0
+// for the unit split: at least 4 steps to spread each thread's packing of all the weights over, and
+// row_split_min_rows() rows a thread (a microkernel tile's worth: fewer rows stream the weights for less work).
+inline int row_split_threads(const RecurrenceArgs& a, int64_t weight_bytes, int64_t max_bytes, int64_t macs_per_step) {
+  if (a.T < 4 || a.nthreads < 2 || weight_bytes > max_bytes) return 0;
+  const int64_t per_thread = std::max<int64_t>(1, min_macs_per_thread().load(std::memory_order_relaxed));
+  const int64_t min_rows = std::max<int64_t>(1, row_split_min_rows().load(std::memory_order_relaxed));
+  int64_t n = std::min<int64_t>(a.nthreads, a.B / min_rows);
+  n = std::min<int64_t>(n, std::max<int64_t>(1, macs_per_step / per_thread));
+  return n >= 2 ? static_cast<int>(n) : 0;
+}
+
+// Contiguous rows for thread tid of nt, balanced by the steps each row is active (a packed batch's rows are
+// sorted by length, longest first).
+inline Range row_block(const Schedule& s, int tid, int nt) {
+  if (s.batch[0] == s.batch[s.T - 1]) return split(s.B, tid, nt, 1);
+  Scratch<int64_t> steps(s.B + 1);  // steps[b]: steps in which row b is active
+  for (int64_t t = 0; t < s.T; ++t) steps[s.batch[t] - 1] += 1;
+  for (int64_t b = s.B - 1; b > 0; --b) steps[b - 1] += steps[b];
+  int64_t total = 0;
+  for (int64_t b = 0; b < s.B; ++b) total += steps[b];
+  auto first_row_at = [&](int64_t k) {  // first row whose preceding rows hold at least k/nt of the work
+    const int64_t target = (total * k + nt - 1) / nt;
+    int64_t b = 0, acc = 0;
+    while (b < s.B && acc < target) acc += steps[b++];
+    return b;
+  };
+  return {first_row_at(tid), first_row_at(tid + 1)};
+}
+
 // out[j] = dot(x, rows + j * ld) over n elements, for j < cnt (cnt <= W): the matrix-vector product of a step
 // with one or two rows, on W_hh's (or W_ih's) rows as they lie. Rows go four at a time so each load of x serves
 // four rows (one load per multiply-add instead of two: the loads, not the FMAs, bound this loop).
@@ -595,11 +641,20 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
     write_final_states();
     return;
   }
-  const int nthreads = threads_for(a.B * G * H * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
+  const int64_t all_panels = UnitSplit<T, Cell>::panels(H);
+  const int by_rows = row_split_threads(a, static_cast<int64_t>(sizeof(T)) * (all_panels * Hin * NV * W + P * H),
+                                        kRowSplitForwardMaxBytes, a.B * G * H * Hin);
+  const int nthreads = by_rows ? by_rows : threads_for(a.B * G * H * Hin, all_panels, a.nthreads);
   ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
-    const Range units = UnitSplit<T, Cell>::units(H, tid, nt);
-    const Range proj_cols = split(P, tid, nt, W);
+    // Row split: every unit and column of the thread's own rows, no barriers. Unit split: the thread's units
+    // (and projection columns) of every row, a barrier after each phase of a step.
+    const Range units = by_rows ? Range{0, H} : UnitSplit<T, Cell>::units(H, tid, nt);
+    const Range proj_cols = by_rows ? Range{0, P} : split(P, tid, nt, W);
     const Range state_cols = P > 0 ? proj_cols : units;
+    const Range my_rows = by_rows ? row_block(s, tid, nt) : Range{0, a.B};
+    auto sync = [&] {
+      if (!by_rows) barrier.wait();
+    };
     // Gate-interleaved panels of this thread's units: panel[k][g*NU + nu][lane] = W_hh[g*H + unit, k].
     const int64_t my_panels = (units.end - units.begin + NPC - 1) / NPC;
     PanelBuffer<T> panels(my_panels * Hin * NV * W);
@@ -619,25 +674,28 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
     // latency (Cell::kPrefetchGx): RNN inference at T=100 B=64 H=256 4-5% faster, LSTM and GRU unchanged.
     auto prefetch_gx = [&](int64_t it) {
       if (!Cell::kPrefetchGx || it >= a.T) return;
-      const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
+      const int64_t t = s.time_at(it), off = s.offset[t];
       constexpr int64_t kLine = 64 / sizeof(T);
-      for (int64_t b = 0; b < bs; ++b)
+      for (int64_t b = my_rows.begin; b < std::min(my_rows.end, s.batch[t]); ++b)
         for (int g = 0; g < G; ++g) {
           const T* row = gx + (off + b) * G * H + g * H;
           for (int64_t u = units.begin; u < units.end; u += kLine) __builtin_prefetch(row + u, 0, 2);
         }
     };
     for (int64_t it = 0; it < a.T; ++it) {
-      const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
+      const int64_t t = s.time_at(it), off = s.offset[t];
+      const int64_t r0 = my_rows.begin, nrows = std::min(my_rows.end, s.batch[t]) - r0;  // rows [r0, r0 + nrows)
+      if (nrows <= 0) continue;  // (row split) none of this thread's rows is active at this step
       prefetch_gx(it + 1);
       if (h_prev_ws)  // each thread copies the state columns it owns
-        for (int64_t b = 0; b < bs; ++b)
+        for (int64_t b = r0; b < r0 + nrows; ++b)
           copy_row(state_row(t, b) + state_cols.begin, state_cols.end - state_cols.begin,
                    h_prev_ws + (off + b) * Hin + state_cols.begin);
-      auto rows = [&](int64_t b) { return state_row(t, b); };
+      auto rows = [&](int64_t i) { return state_row(t, r0 + i); };
       for (int64_t p = 0; p < my_panels; ++p) {
         const int64_t u0 = units.begin + p * NPC;
-        gemm_rows<T, MR, NV>(bs, Hin, panels.data + p * Hin * NV * W, rows, [&](int64_t b, const Vec<T>* acc) {
+        gemm_rows<T, MR, NV>(nrows, Hin, panels.data + p * Hin * NV * W, rows, [&](int64_t i, const Vec<T>* acc) {
+          const int64_t b = r0 + i;
           const int64_t prev = s.prev_row(t, b);
           const T* hp = state_row(t, b);
           for (int nu = 0; nu < Cell::NU; ++nu) {
@@ -650,12 +708,13 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
         });
       }
       if (P > 0) {
-        barrier.wait();
-        auto proj_rows = [&](int64_t b) { return cell.proj_input_row(off + b); };
+        sync();
+        auto proj_rows = [&](int64_t i) { return cell.proj_input_row(off + r0 + i); };
         for (int64_t p = 0; p < proj.count; ++p) {
           const int64_t c0 = proj.first_col(p);
           const int nv = proj.width(p);
-          proj.gemm(p, bs, proj_rows, [&](int64_t b, const Vec<T>* acc) {
+          proj.gemm(p, nrows, proj_rows, [&](int64_t i, const Vec<T>* acc) {
+            const int64_t b = r0 + i;
             for (int v = 0; v < nv; ++v) {
               const int64_t c = c0 + v * W;
               if (c >= proj_cols.end) break;
@@ -664,7 +723,7 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
           });
         }
       }
-      barrier.wait();
+      sync();
     }
   });
   write_final_states();
@@ -736,11 +795,25 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     });
     return;
   }
-  const int nthreads = threads_for(a.B * GH * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
+  const int64_t NC = NV * W;
+  const int by_rows = row_split_threads(
+      a, static_cast<int64_t>(sizeof(T)) * ((Hin + NC - 1) / NC * NC * GH + (P > 0 ? (H + NC - 1) / NC * NC * P : 0)),
+      kRowSplitBackwardMaxBytes, a.B * GH * Hin);
+  const int nthreads = by_rows ? by_rows : threads_for(a.B * GH * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
   ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
-    const Range units = UnitSplit<T, Cell>::units(H, tid, nt);
+    // As in the forward: a row split owns every unit and column of its rows and needs no barrier.
+    const Range units = by_rows ? Range{0, H} : UnitSplit<T, Cell>::units(H, tid, nt);
     // Columns of the dh GEMM: the thread's own units, or without that option (projection) a split of P.
-    const Range in_cols = P > 0 ? split(P, tid, nt, W) : units;
+    const Range in_cols = by_rows ? Range{0, Hin} : P > 0 ? split(P, tid, nt, W) : units;
+    const Range my_rows = by_rows ? row_block(s, tid, nt) : Range{0, a.B};
+    auto sync = [&] {
+      if (!by_rows) barrier.wait();
+    };
+    // This thread's rows at iteration it: [first, first + count).
+    auto rows_at = [&](int64_t it) {
+      const int64_t bs = s.batch[s.time_at(it)];
+      return Range{my_rows.begin, std::max(my_rows.begin, std::min(my_rows.end, bs))};
+    };
     ColumnPanels<T, NV> dh_panels(in_cols, GH);  // [g*H + unit][column] = W_hh as it lies: packed by rows
     dh_panels.pack_rows(GH, w_hh, Hin);
     ColumnPanels<T, NV> dm_panels(P > 0 ? units : Range{0, 0}, P);
@@ -748,13 +821,15 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
 
     // Pointwise backward of iteration it for this thread's units (dh from dy + carry, or through W_hr^T).
     auto pointwise = [&](int64_t it) {
-      const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
+      const int64_t t = s.time_at(it), off = s.offset[t];
+      const Range r = rows_at(it);
       if (P > 0) {
-        auto rows = [&](int64_t b) -> const T* { return dh_total + (off + b) * P; };
+        auto rows = [&](int64_t i) -> const T* { return dh_total + (off + r.begin + i) * P; };
         for (int64_t p = 0; p < dm_panels.count; ++p) {
           const int64_t j0 = dm_panels.first_col(p);
           const int nv = dm_panels.width(p);
-          dm_panels.gemm(p, bs, rows, [&](int64_t b, const Vec<T>* acc) {
+          dm_panels.gemm(p, r.end - r.begin, rows, [&](int64_t i, const Vec<T>* acc) {
+            const int64_t b = r.begin + i;
             const int64_t next = s.next_row(t, b), prev = s.prev_row(t, b);
             for (int v = 0; v < nv; ++v) {
               const int64_t u = j0 + v * W;
@@ -766,7 +841,7 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
         }
         return;
       }
-      for (int64_t b = 0; b < bs; ++b) {
+      for (int64_t b = r.begin; b < r.end; ++b) {
         const int64_t n = off + b, next = s.next_row(t, b), prev = s.prev_row(t, b);
         const T* carry = carry_row(it, b);
         for (int64_t u = units.begin; u < units.end; u += W) {
@@ -777,8 +852,9 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     };
     // dh_total = dy + carry for this thread's projection columns (projection only).
     auto total_grad = [&](int64_t it) {
-      const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
-      for (int64_t b = 0; b < bs; ++b) {
+      const int64_t off = s.offset[s.time_at(it)];
+      const Range r = rows_at(it);
+      for (int64_t b = r.begin; b < r.end; ++b) {
         const T* carry = carry_row(it, b);
         for (int64_t p = in_cols.begin; p < in_cols.end; ++p)
           dh_total[(off + b) * P + p] = dy[(off + b) * P + p] + carry[p];
@@ -786,12 +862,14 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     };
     // dh_prev of iteration it for this thread's columns.
     auto dh_gemm = [&](int64_t it) {
-      const int64_t t = s.time_at(it), bs = s.batch[t], off = s.offset[t];
-      auto rows = [&](int64_t b) { return d_gates_h + (off + b) * GH; };
+      const int64_t t = s.time_at(it), off = s.offset[t];
+      const Range r = rows_at(it);
+      auto rows = [&](int64_t i) { return d_gates_h + (off + r.begin + i) * GH; };
       for (int64_t p = 0; p < dh_panels.count; ++p) {
         const int64_t c0 = dh_panels.first_col(p);
         const int nv = dh_panels.width(p);
-        dh_panels.gemm(p, bs, rows, [&](int64_t b, const Vec<T>* acc) {
+        dh_panels.gemm(p, r.end - r.begin, rows, [&](int64_t i, const Vec<T>* acc) {
+          const int64_t b = r.begin + i;
           const int64_t n = off + b, prev = s.prev_row(t, b);
           T* out = prev >= 0 ? ring_row(it, b) : dh0 + b * Hin;
           const T* carry = Cell::kHasDirectPath ? carry_row(it, b) : nullptr;
@@ -810,19 +888,19 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     const int64_t last = a.T - 1;
     if (P > 0) {
       total_grad(last);
-      barrier.wait();
+      sync();
     }
     pointwise(last);
-    barrier.wait();
+    sync();
     for (int64_t it = last; it >= 0; --it) {
       dh_gemm(it);
       if (it == 0) break;
       if (P > 0) {
         total_grad(it - 1);  // own columns, just written by dh_gemm on this thread
-        barrier.wait();
+        sync();
       }
       pointwise(it - 1);
-      barrier.wait();
+      sync();
     }
   });
   if (input) {

@@ -43,6 +43,11 @@ std::atomic<int64_t>& min_macs_per_thread() {
   return value;
 }
 
+std::atomic<int64_t>& row_split_min_rows() {
+  static std::atomic<int64_t> value{6};
+  return value;
+}
+
 ThreadTeam& ThreadTeam::instance() {
   // Leaked on purpose: joining threads during interpreter shutdown can deadlock.
   static ThreadTeam* team = [] {

@@ -37,6 +37,10 @@ class SpinBarrier {
 // force the multi-threaded path on tiny problems.
 std::atomic<int64_t>& min_macs_per_thread();
 
+// Rows each thread needs before a recurrence splits the batch rows between threads instead of the hidden units
+// (recurrence.h, row_split_threads). Settable so the tests can force either split.
+std::atomic<int64_t>& row_split_min_rows();
+
 using TeamJob = std::function<void(int tid, int nthreads, SpinBarrier& barrier)>;
 
 class ThreadTeam {

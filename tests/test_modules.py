@@ -4,6 +4,7 @@ recurrent kernels forbidden during the pyrnn calls."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -199,15 +200,19 @@ def test_matches_torch_nn(cfg: Config):
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_threaded_path_matches(cell, threads, monkeypatch):
-    """Force the multi-threaded kernels on small odd sizes (units split unevenly across threads)."""
-    old = _C.get_parallel_threshold()
+@pytest.mark.parametrize("split", ["units", "rows"])
+def test_threaded_path_matches(cell, threads, split, monkeypatch):
+    """Force the multi-threaded kernels on small odd sizes: hidden units split unevenly across threads, or
+    batch rows split (plain batches, and packed ones whose rows the threads share out by their lengths)."""
+    old, old_rows = _C.get_parallel_threshold(), _C.get_row_split_min_rows()
     _C.set_parallel_threshold(1)
+    _C.set_row_split_min_rows(1 if split == "rows" else 1 << 40)
     try:
         torch.set_num_threads(threads)
-        for hidden, proj in [(33, 0), (47, 0), (40, 17)] if cell == "LSTM" else [(33, 0), (47, 0)]:
-            cfg = Config(cell, 5, hidden, 2, True, False, 0.0, True, proj, "tanh", 7, 6, "unsorted", False, True,
-                         True, torch.float64, hidden)
+        sizes = [(33, 0), (47, 0), (40, 17)] if cell == "LSTM" else [(33, 0), (47, 0)]
+        for (hidden, proj), packed in itertools.product(sizes, ["unsorted", "no"] if split == "rows" else ["unsorted"]):
+            cfg = Config(cell, 5, hidden, 2, True, False, 0.0, True, proj, "relu" if packed == "no" else "tanh", 7,
+                         6, packed, False, True, True, torch.float64, hidden)
             ref, ours = make_pair(cfg)
             x, lengths, hx = make_inputs(cfg, torch.Generator().manual_seed(hidden))
             exp_out, exp_grads = run(ref, cfg, x, lengths, hx, 1, 2)
@@ -218,6 +223,7 @@ def test_threaded_path_matches(cell, threads, monkeypatch):
                 assert_close(got_grads[name], exp_grads[name], cfg.dtype, f"grad {name}")
     finally:
         _C.set_parallel_threshold(old)
+        _C.set_row_split_min_rows(old_rows)
         torch.set_num_threads(2)
 
 
