@@ -809,7 +809,7 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     auto sync = [&] {
       if (!by_rows) barrier.wait();
     };
-    // This thread's rows at iteration it: [first, first + count).
+    // The rows of this thread active at iteration it.
     auto rows_at = [&](int64_t it) {
       const int64_t bs = s.batch[s.time_at(it)];
       return Range{my_rows.begin, std::max(my_rows.begin, std::min(my_rows.end, bs))};
