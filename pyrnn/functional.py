@@ -76,7 +76,10 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
     (GPUs, forced GPU backends, half types) the layer recurrence with T = 1."""
     if x.is_cpu and x.dtype in ops._KERNEL_DTYPES and _backend.get_backend() in ("auto", "cpu"):
         save = _needs_workspace(x, h0, c0, *w)
-        h, c, *_ = ops.apply(ops.cell, mode, x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, save)
+        args = (x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
+        if not save and ops.plain_eager(args):  # nothing to record or trace: the kernel alone
+            return ops.cell_inference(mode, *args)
+        h, c, *_ = ops.apply(ops.cell, mode, *args, save)
         return h, (c if mode == "LSTM" else None)
     h, _, c = layer_direction(mode, x, time_major_batch_sizes(1, x.shape[0]), h0, c0, w, reverse=False)
     return h, c

@@ -120,3 +120,47 @@ def test_cell_frozen_weights_and_input(name, batch):
         (got,) = torch.autograd.grad(first(ours(x, hx)), h, upstream)
     assert_close(got, expected, torch.float32, "grad h0")
     assert all(p.grad is None for p in ours.parameters())
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("batch", [None, 0, 1, 2, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_inference_path(name, batch, dtype, monkeypatch):
+    """A call nothing will differentiate (no_grad, or no argument requiring grad) runs the kernel alone, without
+    workspace outputs: torch.nn's results through every kernel path (empty, one or two rows, packed weights,
+    unbatched). Under a torch function mode the registered op runs instead, with the same results."""
+    from torch.overrides import TorchFunctionMode
+
+    from pyrnn import ops
+
+    calls = []
+    real = ops.cell_inference
+    monkeypatch.setattr(ops, "cell_inference", lambda *args: calls.append(args[0]) or real(*args))
+
+    class Passthrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(7)
+    kw = {"nonlinearity": name.split("_")[1]} if name.startswith("RNNCell") else {}
+    cls = name.split("_")[0]
+    ref = getattr(nn, cls)(5, 33, dtype=dtype, **kw)
+    ours = getattr(pyrnn, cls)(5, 33, dtype=dtype, **kw)
+    ours.load_state_dict(ref.state_dict())
+    shape = (5,) if batch is None else (batch, 5)
+    x = torch.randn(*shape, dtype=dtype)
+    h = torch.randn(*shape[:-1], 33, dtype=dtype)
+    hx = (h, torch.randn_like(h)) if cls == "LSTMCell" else h
+    expected = ref(x, hx)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for context, frozen, op_expected in ((torch.no_grad, False, False), (torch.enable_grad, True, False),
+                                         (Passthrough, True, True)):
+        calls.clear()
+        ours.requires_grad_(not frozen)
+        with context(), forbid_torch_rnn():
+            got = ours(x, hx)
+        got = got if isinstance(got, tuple) else (got,)
+        assert bool(calls) != op_expected
+        for g, e in zip(got, expected):
+            assert not g.requires_grad
+            assert_close(g, e.detach(), dtype, "output")
