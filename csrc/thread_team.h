@@ -49,7 +49,11 @@ class ThreadTeam {
 
   // Runs job(tid, n, barrier) on n threads, the caller being tid 0, and returns when all are done.
   // If another caller holds the team (re-entrant or concurrent use from several Python threads), the job
-  // runs on the caller alone with n = 1 rather than waiting: results do not depend on the thread count.
+  // runs on the caller alone with n = 1 rather than waiting. Results are the same up to rounding: where the
+  // kernels split rows between threads (the recurrence's row split, the GEMM's row split), a thread's row tiles
+  // can be shorter than one thread's would be, and a short tile sums its dot products in several chains, so the
+  // last bits of some sums can differ between thread counts (as with torch's own CPU kernels); for a given
+  // thread count every run gives the same bits.
   void run(int n, const TeamJob& job);
 
   // "openmp" (torch's libgomp pool) or "team" (pyrnn's own threads).
