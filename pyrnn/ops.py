@@ -706,6 +706,25 @@ def _contiguous(*tensors: Optional[Tensor]):
     return [None if t is None else t.contiguous() for t in tensors]
 
 
+def _cell_run(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace):
+    # The checked kernel call behind _cell_impl and cell_inference: h [B, H], c [B, H] (LSTM), gates [B, G*H]
+    # (LSTM, GRU) and gh_n [B, H] (GRU), each None where the cell or an inference call has none.
+    G = _validate_cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _contiguous(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    (B, I), H = x.shape, h0.shape[1]
+    h = x.new_empty(B, H)
+    c = x.new_empty(B, H) if G == 4 else None
+    gates = x.new_empty(B, G * H) if save_workspace and G > 1 else None
+    gh_n = x.new_empty(B, H) if save_workspace and G == 3 else None
+    if B > 0:  # (an empty batch is allowed, as torch.nn's cells allow it)
+        cpu_kernels().cell_forward(
+            _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
+            h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), 0,
+            h.data_ptr(), _ptr(c), _ptr(gates), _ptr(gh_n),
+        )
+    return h, c, gates, gh_n
+
+
 def _cell_impl(
     mode: str,
     x: Tensor,
@@ -720,38 +739,16 @@ def _cell_impl(
     """One step of an LSTM/GRU/RNN cell on the CPU. x: [B, I], h0/c0: [B, H]. Returns h [B, H], c [B, H] (LSTM;
     empty otherwise) and the workspace: gates [B, G*H] (LSTM, GRU) and gh_n = W_hn h + b_hn [B, H] (GRU), empty
     in inference."""
-    G = _validate_cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _contiguous(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    (B, I), H = x.shape, h0.shape[1]
-    h = x.new_empty(B, H)
-    c = x.new_empty(B, H) if G == 4 else x.new_empty(0)
-    gates = x.new_empty(B, G * H) if save_workspace and G > 1 else x.new_empty(0)
-    gh_n = x.new_empty(B, H) if save_workspace and G == 3 else x.new_empty(0)
-    if B == 0:  # an empty batch, as torch.nn's cells allow
-        return h, c, gates, gh_n
-    cpu_kernels().cell_forward(
-        _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
-        h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), 0,
-        h.data_ptr(), _ptr(c), _ptr(gates), _ptr(gh_n),
-    )
-    return h, c, gates, gh_n
+    h, c, gates, gh_n = _cell_run(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace)
+    empty = x.new_empty
+    return h, empty(0) if c is None else c, empty(0) if gates is None else gates, empty(0) if gh_n is None else gh_n
 
 
 def cell_inference(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
                    b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
     """_cell_impl for an eager call nothing will differentiate: h [B, H] and c [B, H] (LSTM) or None, and no
     empty workspace tensors (~0.8 us a new_empty: an RNNCell's three were a fifth of its B=1 call's Python time)."""
-    G = _validate_cell(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _contiguous(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    (B, I), H = x.shape, h0.shape[1]
-    h = x.new_empty(B, H)
-    c = x.new_empty(B, H) if G == 4 else None
-    if B > 0:
-        cpu_kernels().cell_forward(
-            _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
-            h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), 0,
-            h.data_ptr(), _ptr(c), 0, 0,
-        )
+    h, c, _, _ = _cell_run(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
     return h, c
 
 
