@@ -430,6 +430,11 @@ inline Range row_block(const Schedule& s, int tid, int nt) {
   return {first_row_at(tid), first_row_at(tid + 1)};
 }
 
+// The rows of `mine` active at time t (empty where the batch has shrunk below them).
+inline Range active_rows(const Schedule& s, Range mine, int64_t t) {
+  return {mine.begin, std::max(mine.begin, std::min(mine.end, s.batch[t]))};
+}
+
 // out[j] = dot(x, rows + j * ld) over n elements, for j < cnt (cnt <= W): the matrix-vector product of a step
 // with one or two rows, on W_hh's (or W_ih's) rows as they lie. Rows go four at a time so each load of x serves
 // four rows (one load per multiply-add instead of two: the loads, not the FMAs, bound this loop).
@@ -676,7 +681,8 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
       if (!Cell::kPrefetchGx || it >= a.T) return;
       const int64_t t = s.time_at(it), off = s.offset[t];
       constexpr int64_t kLine = 64 / sizeof(T);
-      for (int64_t b = my_rows.begin; b < std::min(my_rows.end, s.batch[t]); ++b)
+      const Range r = active_rows(s, my_rows, t);
+      for (int64_t b = r.begin; b < r.end; ++b)
         for (int g = 0; g < G; ++g) {
           const T* row = gx + (off + b) * G * H + g * H;
           for (int64_t u = units.begin; u < units.end; u += kLine) __builtin_prefetch(row + u, 0, 2);
@@ -684,7 +690,8 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
     };
     for (int64_t it = 0; it < a.T; ++it) {
       const int64_t t = s.time_at(it), off = s.offset[t];
-      const int64_t r0 = my_rows.begin, nrows = std::min(my_rows.end, s.batch[t]) - r0;  // rows [r0, r0 + nrows)
+      const Range r = active_rows(s, my_rows, t);
+      const int64_t r0 = r.begin, nrows = r.end - r.begin;
       if (nrows <= 0) continue;  // (row split) none of this thread's rows is active at this step
       prefetch_gx(it + 1);
       if (h_prev_ws)  // each thread copies the state columns it owns
@@ -810,10 +817,7 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
       if (!by_rows) barrier.wait();
     };
     // The rows of this thread active at iteration it.
-    auto rows_at = [&](int64_t it) {
-      const int64_t bs = s.batch[s.time_at(it)];
-      return Range{my_rows.begin, std::max(my_rows.begin, std::min(my_rows.end, bs))};
-    };
+    auto rows_at = [&](int64_t it) { return active_rows(s, my_rows, s.time_at(it)); };
     ColumnPanels<T, NV> dh_panels(in_cols, GH);  // [g*H + unit][column] = W_hh as it lies: packed by rows
     dh_panels.pack_rows(GH, w_hh, Hin);
     ColumnPanels<T, NV> dm_panels(P > 0 ? units : Range{0, 0}, P);
