@@ -160,7 +160,7 @@ inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR]
         for (int v = 0; v < NV; ++v) w[v] = vload(panel + ((k + c) * NV + v) * W);
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
-          const Vec<T> ar = vbroadcast(a(r, k + c));
+          const Vec<T> ar = vsplat(a(r, k + c));
 #pragma GCC unroll 16
           for (int v = 0; v < NV; ++v) part[c][r][v] += ar * w[v];
         }
@@ -169,7 +169,7 @@ inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR]
     for (; k < K; ++k)
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
-        const Vec<T> ar = vbroadcast(a(r, k));
+        const Vec<T> ar = vsplat(a(r, k));
 #pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) part[0][r][v] += ar * vload(panel + (k * NV + v) * W);
       }
@@ -197,7 +197,7 @@ inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR]
     for (int v = 0; v < NV; ++v) w[v] = vload(panel + (k * NV + v) * W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const Vec<T> ar = vbroadcast(a(r, k));
+      const Vec<T> ar = vsplat(a(r, k));
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) sum[r][v] += ar * w[v];
     }
@@ -484,7 +484,7 @@ inline void axpy_rows(const T* coeff, int64_t rows, const T* m, int64_t ld, Rang
   constexpr int W = Simd<T>::W;
   for (int64_t k = cols.begin; k < cols.end; ++k) out[k] = T(0);
   for (int64_t r = 0; r < rows; ++r) {
-    const Vec<T> c = vbroadcast(coeff[r]);
+    const Vec<T> c = vsplat(coeff[r]);
     const T* mr = m + r * ld;
     for (int64_t k = cols.begin; k < cols.end; k += W) {
       const int cnt = static_cast<int>(std::min<int64_t>(W, cols.end - k));
@@ -551,7 +551,7 @@ struct CellInput {
       for (int64_t k = 0; k < n; k += W) {
         const int cnt = static_cast<int>(std::min<int64_t>(W, n - k));
         Vec<T> acc{};
-        for (int64_t b = 0; b < B; ++b) acc += vbroadcast(coeff[b * GH + r]) * vload(v + b * n + k, cnt);
+        for (int64_t b = 0; b < B; ++b) acc += vsplat(coeff[b * GH + r]) * vload(v + b * n + k, cnt);
         vstore(out + k, acc, cnt);
       }
     };
