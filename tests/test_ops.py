@@ -181,10 +181,11 @@ def test_gemm_matches_torch(dtype, a_t, b_t):
     """pyrnn's GEMM (>= 32 rows) on shapes that hit every panel width, several K blocks, row-major and
     transposed operands (packed by row, by column, or in place), with and without bias, and both ways of
     sharing the work between threads: by columns (even panels, or B too wide to pack whole per thread) and by
-    rows (uneven panels: N = 200, 800)."""
+    rows (uneven panels: N = 200, 800). A deep, narrow B with row-major A goes in fewer, deeper K blocks
+    (K = 1100: one block; K = 3000: three of 1000)."""
     g = torch.Generator().manual_seed(0)
     shapes = [(32, 1, 1), (33, 7, 17), (64, 300, 100), (97, 513, 33), (40, 256, 200), (200, 65, 64),
-              (96, 200, 800), (70, 300, 1000), (64, 64, 256)]
+              (96, 200, 800), (70, 300, 1000), (64, 64, 256), (33, 1100, 17), (64, 3000, 100)]
     for M, K, N in shapes:
         a = torch.randn(K, M, dtype=dtype, generator=g).t() if a_t else torch.randn(M, K, dtype=dtype, generator=g)
         b = torch.randn(N, K, dtype=dtype, generator=g).t() if b_t else torch.randn(K, N, dtype=dtype, generator=g)
