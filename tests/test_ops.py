@@ -190,6 +190,9 @@ def test_gemm_matches_torch(dtype, a_t, b_t):
         a = torch.randn(K, M, dtype=dtype, generator=g).t() if a_t else torch.randn(M, K, dtype=dtype, generator=g)
         b = torch.randn(N, K, dtype=dtype, generator=g).t() if b_t else torch.randn(K, N, dtype=dtype, generator=g)
         bias = torch.randn(N, dtype=dtype, generator=g)
-        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+        # float32 rounding of a K-term sum of unit-scale products grows like sqrt(K): K = 3000 sums reach ~55
+        # in magnitude and differ from torch's order by up to ~2e-4 where they cancel to near zero.
+        atol32 = 1e-4 * max(1.0, (K / 256) ** 0.5)
+        tol = dict(rtol=1e-4, atol=atol32) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(ops.gemm(a, b), a @ b, **tol)
         torch.testing.assert_close(ops.gemm(a, b, bias), torch.addmm(bias, a, b), **tol)
