@@ -6,6 +6,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace pyrnn {
 namespace PYRNN_ISA {
@@ -50,17 +54,53 @@ inline void vstore(T* p, Vec<T> v) {
   std::memcpy(p, &v, sizeof(v));
 }
 // First n (<= W) lanes; the rest read as zero / are not written. Tails of H not a multiple of W.
+// AVX-512 and AVX2 use masked loads and stores (masked-off lanes are never touched, so they cannot fault). A
+// memcpy of a variable size was a call into libc (with a vzeroupper) and a store-to-load forwarding stall per
+// tail vector: with H = 200 every row's last vector of every gate went that way.
+#if defined(__AVX2__) && !defined(__AVX512F__)
+template <typename T>
+inline __m256i lane_mask(int n) {  // lanes i < n all ones
+  if constexpr (std::is_same<T, float>::value)
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  else
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+#endif
 template <typename T>
 inline Vec<T> vload(const T* p, int n) {
   if (n == Simd<T>::W) return vload(p);
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value)
+    return (Vec<T>)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  else
+    return (Vec<T>)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p);
+#elif defined(__AVX2__)
+  if constexpr (std::is_same<T, float>::value)
+    return (Vec<T>)_mm256_maskload_ps(p, lane_mask<T>(n));
+  else
+    return (Vec<T>)_mm256_maskload_pd(p, lane_mask<T>(n));
+#else
   Vec<T> v = Vec<T>{};
   std::memcpy(&v, p, sizeof(T) * n);
   return v;
+#endif
 }
 template <typename T>
 inline void vstore(T* p, Vec<T> v, int n) {
   if (n == Simd<T>::W) return vstore(p, v);
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value)
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), (__m512)v);
+  else
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), (__m512d)v);
+#elif defined(__AVX2__)
+  if constexpr (std::is_same<T, float>::value)
+    _mm256_maskstore_ps(p, lane_mask<T>(n), (__m256)v);
+  else
+    _mm256_maskstore_pd(p, lane_mask<T>(n), (__m256d)v);
+#else
   std::memcpy(p, &v, sizeof(T) * n);
+#endif
 }
 template <typename T>
 inline Vec<T> vbroadcast(T x) {
