@@ -182,7 +182,7 @@ def test_gemm_matches_torch(dtype, a_t, b_t):
     transposed operands (packed by row, by column, or in place), with and without bias, and both ways of
     sharing the work between threads: by columns (even panels, or B too wide to pack whole per thread) and by
     rows (uneven panels: N = 200, 800). A deep, narrow B with row-major A goes in fewer, deeper K blocks
-    (K = 1100: one block; K = 3000: three of 1000)."""
+    (K = 1100: one block; K = 3000: three of 1000); K = 3000 with N = 100 splits the depth between threads."""
     g = torch.Generator().manual_seed(0)
     shapes = [(32, 1, 1), (33, 7, 17), (64, 300, 100), (97, 513, 33), (40, 256, 200), (200, 65, 64),
               (96, 200, 800), (70, 300, 1000), (64, 64, 256), (33, 1100, 17), (64, 3000, 100)]
@@ -196,3 +196,25 @@ def test_gemm_matches_torch(dtype, a_t, b_t):
         tol = dict(rtol=1e-4, atol=atol32) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(ops.gemm(a, b), a @ b, **tol)
         torch.testing.assert_close(ops.gemm(a, b, bias), torch.addmm(bias, a, b), **tol)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gemm_depth_split(dtype, threads):
+    """Deep products with a small C (the weight gradients dG^T x: K = all steps) split K between threads, each
+    adding its partial product at the end: odd widths (a partial last vector), bias, 1-3 threads (with 3 the
+    thread count does not divide K)."""
+    g = torch.Generator().manual_seed(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for M, K, N in [(45, 3500, 70), (64, 4100, 256), (200, 3333, 17)]:
+            a = torch.randn(K, M, dtype=dtype, generator=g).t()  # A^T read in place, as dG^T
+            b = torch.randn(K, N, dtype=dtype, generator=g)
+            bias = torch.randn(N, dtype=dtype, generator=g)
+            tol = dict(rtol=1e-4, atol=1e-4 * (K / 256) ** 0.5) if dtype == torch.float32 else dict(rtol=1e-10,
+                                                                                                   atol=1e-10)
+            torch.testing.assert_close(ops.gemm(a, b), a @ b, **tol)
+            torch.testing.assert_close(ops.gemm(a, b, bias), torch.addmm(bias, a, b), **tol)
+    finally:
+        torch.set_num_threads(before)
