@@ -7,6 +7,15 @@ Every case runs through pyrnn.ops with `ops.cpu_kernels` pointed at one build or
 two is shuffled per case and round, and the report gives each build's median time and the median of the
 per-round ratios A/B (> 1: B is faster). On a shared machine whose neighbour moves single timings by 10-50%,
 this is what resolves changes of a few percent, which separate runs of `python -m pyrnn.bench` cannot.
+
+Caveat (tenth session): two builds of the *same* source under different names are not always equal. The LSTM
+forward at T=100 B=64 H=256 ran 0.86-0.87x in one such pair (_Cold vs _Cold2, both orders, also one build per
+process: 10% on one thread), 0.89x in another (hidden-visibility builds), 0.97-1.00x in others, while the
+GEMMs matched to 1%. The instruction streams were identical at identical addresses; perf put the extra time on
+one full-width gx load of the epilogue. So first compare the baseline with a second build of itself
+(`ab_build.sh _Cbase2 REV`): a difference smaller than that spread is layout, not code. Where a change can be
+switched at run time inside one build (an environment variable read per call, for the experiment only), that
+comparison has no such bias.
 """
 
 from __future__ import annotations
