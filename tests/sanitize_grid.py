@@ -51,6 +51,21 @@ for cls in (pyrnn.LSTM, pyrnn.GRU, pyrnn.RNN):
         out, _ = m(torch.randn(T, 32, 64, requires_grad=True))
         out.sum().backward()
         count += 1
+# The weight-gradient GEMM's depth split (K >= 1024 per thread): partial products in per-thread scratch buffers,
+# on 2 and 3 threads, every instruction set.
+from pyrnn import ops  # noqa: E402
+
+threads_before = torch.get_num_threads()
+for isa in _C.available_isas():
+    _C.set_isa(isa)
+    for threads in (2, 3):
+        torch.set_num_threads(threads)
+        for M, K, N, dtype in ((45, 3500, 70, torch.float32), (20, 3300, 33, torch.float64)):
+            a, b = torch.randn(K, M, dtype=dtype).t(), torch.randn(K, N, dtype=dtype)
+            torch.testing.assert_close(ops.gemm(a, b), a @ b, rtol=1e-4, atol=1e-3)
+            count += 1
+_C.set_isa("auto")
+torch.set_num_threads(threads_before)
 pyrnn.empty_cache()
 assert pyrnn.workspace_cache_stats()["cached_bytes"] == 0
-print(f"sanitize grid: {count} layer runs clean under ASan/UBSan")
+print(f"sanitize grid: {count} runs clean under ASan/UBSan")
