@@ -35,7 +35,7 @@ struct GruCell {
         gates(mptr<T>(a.gates)), gh_n(mptr<T>(a.gh_n)), h_prev_ws(cptr<T>(a.h_prev_ws)),
         d_gates(mptr<T>(a.d_gates)), d_gates_h(mptr<T>(a.d_gates_h)) {}
 
-  void forward_vec(int64_t n, int64_t, int64_t, int64_t u, int cnt, const T* h_prev, const V* acc) {
+  void forward_vec(int64_t n, int64_t, int64_t, int64_t, int64_t u, int cnt, const T* h_prev, const V* acc) {
     const T* gxr = gx + n * 3 * H + u;
     const V r = vsigmoid(acc[0] + vload(gxr, cnt));
     const V z = vsigmoid(acc[1] + vload(gxr + H, cnt));
@@ -51,7 +51,7 @@ struct GruCell {
     }
   }
   const T* proj_input_row(int64_t) const { return nullptr; }
-  void finish_row(int64_t, int64_t) {}
+  void finish_row(int64_t, int64_t, int64_t) {}
 
   void backward_vec(int64_t n, int64_t, int64_t u, int cnt, V dh, int64_t, int64_t, int64_t) {
     const T* gr = gates + n * 3 * H + u;

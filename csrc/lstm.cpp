@@ -22,7 +22,8 @@ struct LstmCell {
   const T* gx;      // [N, 4H]
   const T* c0;      // [B, H]
   T* y;             // [N, Hin]
-  T* cell;          // [N, H]
+  T* cell;          // [N, H], or null with cell_ring
+  T* cell_ring;     // [2, B, H] (inference) or null: step it's cell state of row b at (it & 1) * B + b
   T* proj_in;       // [N, H] (P > 0)
   T* gates;         // [N, 4H] or null
   T* c_n;           // [B, H]
@@ -34,21 +35,28 @@ struct LstmCell {
 
   explicit LstmCell(const RecurrenceArgs& a)
       : H(a.H), P(a.P), B(a.B), ys(a.y_stride), gx(cptr<T>(a.gx)), c0(cptr<T>(a.c0)), y(mptr<T>(a.y)),
-        cell(mptr<T>(a.cell)), proj_in(mptr<T>(a.proj_in)), gates(mptr<T>(a.gates)), c_n(mptr<T>(a.c_n)),
+        cell(mptr<T>(a.cell)), cell_ring(mptr<T>(a.cell_ring)), proj_in(mptr<T>(a.proj_in)), gates(mptr<T>(a.gates)), c_n(mptr<T>(a.c_n)),
         dc_n(cptr<T>(a.dc_n)), d_gates(mptr<T>(a.d_gates)), dc0(mptr<T>(a.dc0)),
         dc_prev_ws(mptr<T>(a.dc_prev_ws)) {}
 
   T* dc_ring(int64_t it, int64_t b) const { return dc_prev_ws + ((it & 1) * B + b) * H; }
   const T* c_prev(int64_t b, int64_t prev, int64_t u) const { return prev >= 0 ? cell + prev * H + u : c0 + b * H + u; }
+  // Where the forward keeps the cell state of packed row n (batch row b, iteration it). Inference keeps the last
+  // two steps only ([2, B, H], in L2), instead of writing all T*B rows out and reading each back a step later.
+  T* cell_row(int64_t n, int64_t b, int64_t it) const {
+    return cell_ring ? cell_ring + ((it & 1) * B + b) * H : cell + n * H;
+  }
 
-  void forward_vec(int64_t n, int64_t b, int64_t prev, int64_t u, int cnt, const T* /*h_prev*/, const V* acc) {
+  void forward_vec(int64_t n, int64_t b, int64_t prev, int64_t it, int64_t u, int cnt, const T* /*h_prev*/,
+                   const V* acc) {
     const T* gxr = gx + n * 4 * H + u;
     const V i = vsigmoid(acc[0] + vload(gxr, cnt));
     const V f = vsigmoid(acc[1] + vload(gxr + H, cnt));
     const V g = vtanh(acc[2] + vload(gxr + 2 * H, cnt));
     const V o = vsigmoid(acc[3] + vload(gxr + 3 * H, cnt));
-    const V c = f * vload(c_prev(b, prev, u), cnt) + i * g;
-    vstore(cell + n * H + u, c, cnt);
+    const T* cp = prev >= 0 ? cell_row(prev, b, it - 1) + u : c0 + b * H + u;
+    const V c = f * vload(cp, cnt) + i * g;
+    vstore(cell_row(n, b, it) + u, c, cnt);
     const V h = o * vtanh(c);
     vstore(P > 0 ? proj_in + n * H + u : y + n * ys + u, h, cnt);
     if (gates) {
@@ -60,7 +68,7 @@ struct LstmCell {
     }
   }
   const T* proj_input_row(int64_t n) const { return proj_in + n * H; }
-  void finish_row(int64_t b, int64_t last) { copy_row(cell + last * H, H, c_n + b * H); }
+  void finish_row(int64_t b, int64_t last, int64_t last_it) { copy_row(cell_row(last, b, last_it), H, c_n + b * H); }
 
   // dh: dL/d(o * tanh(c)) of units [u, u+cnt) at packed row n.
   void backward_vec(int64_t n, int64_t b, int64_t u, int cnt, V dh, int64_t next, int64_t prev, int64_t it) {

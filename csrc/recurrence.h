@@ -93,6 +93,13 @@ struct Schedule {
     if (reverse) return t > 0 ? offset[t - 1] + b : -1;
     return (t + 1 < T && b < batch[t + 1]) ? offset[t + 1] + b : -1;
   }
+  // The iteration at which row b produces its final state (the step of last_row(b)).
+  int64_t last_iteration(int64_t b) const {
+    if (reverse) return T - 1;
+    int64_t t = T - 1;
+    while (t > 0 && batch[t] <= b) --t;
+    return t;
+  }
   // Packed row holding row b's final state.
   int64_t last_row(int64_t b) const {
     if (reverse) return offset[0] + b;
@@ -597,10 +604,11 @@ struct CellInput {
 //   G, NU                     gates per unit; unit vectors per forward panel
 //   kFoldedHiddenBiasGates    gates whose b_hh adds to gx (cells' input projection, CellInput)
 //   kPrefetchGx               whether to prefetch the next step's gx (where the epilogue cannot hide it)
-//   forward_vec(n, b, prev, u, cnt, h_prev_row, gate_acc[G])   the pointwise epilogue of units [u, u+cnt)
-//       of packed row n (batch row b, state from packed row prev or -1 = initial); gate_acc = W_hh h_prev
+//   forward_vec(n, b, prev, it, u, cnt, h_prev_row, gate_acc[G])   the pointwise epilogue of units [u, u+cnt)
+//       of packed row n (batch row b at iteration it, state from packed row prev, which iteration it - 1
+//       wrote, or -1 = initial); gate_acc = W_hh h_prev
 //   proj_input_row(n)         (projection only) the row the projection GEMM reads
-//   finish_row(b, last_row)   copies any extra final state (LSTM c_n)
+//   finish_row(b, last_row, last_it)   copies any extra final state (LSTM c_n) of row b, made at last_it
 // Projection (P > 0): y[n, :P] = W_hr · proj_input_row(n), a second phase after a barrier.
 template <typename T, typename Cell>
 void run_forward(const RecurrenceArgs& a, Cell& cell) {
@@ -624,7 +632,7 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
     for (int64_t b = 0; b < a.B; ++b) {
       const int64_t last = s.last_row(b);
       copy_row(y + last * ys, Hin, h_n + b * Hin);
-      cell.finish_row(b, last);
+      cell.finish_row(b, last, s.last_iteration(b));
     }
   };
   const CellInput<T, Cell> input(a);
@@ -647,7 +655,7 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
             dot_rows(hp, w_hh + (g * H + u) * Hin, Hin, cnt, Hin, sums);
             gate_acc[g] = vload(sums, cnt);
           }
-          cell.forward_vec(off + b, b, -1, u, cnt, hp, gate_acc);
+          cell.forward_vec(off + b, b, -1, 0, u, cnt, hp, gate_acc);
         }
       }
     });
@@ -718,7 +726,8 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
             if (u >= units.end) break;
             Vec<T> gate_acc[G];
             for (int g = 0; g < G; ++g) gate_acc[g] = acc[g * Cell::NU + nu];
-            cell.forward_vec(off + b, b, prev, u, static_cast<int>(std::min<int64_t>(W, units.end - u)), hp, gate_acc);
+            cell.forward_vec(off + b, b, prev, it, u, static_cast<int>(std::min<int64_t>(W, units.end - u)), hp,
+                             gate_acc);
           }
         });
       }

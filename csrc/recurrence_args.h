@@ -38,7 +38,8 @@ struct RecurrenceArgs {
   uintptr_t y = 0;        // [N, Hin] hidden state after every step
   uintptr_t h_n = 0;      // [B, Hin] each row's state after its last step
   uintptr_t c_n = 0;      // [B, H] (LSTM)
-  uintptr_t cell = 0;     // [N, H] LSTM cell state after every step (always needed: it carries the state)
+  uintptr_t cell = 0;     // [N, H] LSTM cell state after every step (the backward reads it), or 0 with cell_ring
+  uintptr_t cell_ring = 0;  // [2, B, H] LSTM inference: the cell state of the last two steps only
   uintptr_t proj_in = 0;  // [N, H] LSTM projection input o * tanh(c) (P > 0 only)
   // Forward workspace kept for the backward (training only; 0 in inference).
   uintptr_t gates = 0;      // [N, G*H] gate activations

@@ -27,12 +27,12 @@ struct RnnCell {
       : H(a.H), ys(a.y_stride), relu(a.nonlinearity == static_cast<int>(Nonlinearity::kRelu)),
         gx(cptr<T>(a.gx)), y(mptr<T>(a.y)), d_gates(mptr<T>(a.d_gates)) {}
 
-  void forward_vec(int64_t n, int64_t, int64_t, int64_t u, int cnt, const T*, const V* acc) {
+  void forward_vec(int64_t n, int64_t, int64_t, int64_t, int64_t u, int cnt, const T*, const V* acc) {
     const V pre = acc[0] + vload(gx + n * H + u, cnt);
     vstore(y + n * ys + u, relu ? vrelu<T>(pre) : vtanh(pre), cnt);
   }
   const T* proj_input_row(int64_t) const { return nullptr; }
-  void finish_row(int64_t, int64_t) {}
+  void finish_row(int64_t, int64_t, int64_t) {}
 
   void backward_vec(int64_t n, int64_t, int64_t u, int cnt, V dh, int64_t, int64_t, int64_t) {
     const V h = vload(y + n * ys + u, cnt);

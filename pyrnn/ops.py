@@ -311,12 +311,13 @@ def _lstm_layer_impl(
     save_workspace: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """LSTM recurrence. Returns y, h_n, c_n and the workspace (cell [N,H], proj_in [N,H] (P>0),
-    gates [N,4H], h_prev [N,Hin])."""
+    gates [N,4H], h_prev [N,Hin]); without save_workspace (inference) cell, gates and h_prev are empty."""
     backend = _check_device_and_dtype(gx)
     _validate(gx, 4, w_hh, h0, batch_sizes, c0=c0, w_hr=w_hr)
     if backend in ("triton", "cuda"):
         y, h_n, c_n, ws = _gpu(backend).forward("LSTM", gx, w_hh, h0, batch_sizes, reverse, save_workspace, c0=c0, w_hr=w_hr)
-        return y, h_n, c_n, ws["cell"], ws["proj_in"], ws["gates"], ws["h_prev"]
+        cell = ws["cell"] if save_workspace else gx.new_empty(0)
+        return y, h_n, c_n, cell, ws["proj_in"], ws["gates"], ws["h_prev"]
     bs = _batch_sizes(batch_sizes)
     gx = gx.contiguous()
     N, H, B = gx.shape[0], w_hh.shape[0] // 4, h0.shape[0]
@@ -326,7 +327,9 @@ def _lstm_layer_impl(
     w_hr = None if w_hr is None else w_hr.contiguous()
     h0, c0 = h0.contiguous(), c0.contiguous()
     y, h_n, c_n = _empty(gx, N, Hin), gx.new_empty(B, Hin), gx.new_empty(B, H)
-    cell = _workspace(gx, N, H)
+    # Inference keeps only the last two steps' cell states (a [2, B, H] ring): the backward is what needs all.
+    cell = _workspace(gx, N, H) if save_workspace else gx.new_empty(0)
+    cell_ring = gx.new_empty(0) if save_workspace else gx.new_empty(2, B, H)
     proj_in = _workspace(gx, N, H) if P > 0 else gx.new_empty(0)
     gates = _workspace(gx, N, 4 * H) if save_workspace else gx.new_empty(0)
     h_prev = _workspace(gx, N, Hin) if save_workspace else gx.new_empty(0)
@@ -334,6 +337,7 @@ def _lstm_layer_impl(
     a = _args(gx, bs, B, H, P, reverse)
     a.gx, a.w_hh, a.w_hr, a.h0, a.c0 = _ptr(gx), _ptr(w_hh), _ptr(w_hr), _ptr(h0), _ptr(c0)
     a.y, a.h_n, a.c_n, a.cell, a.proj_in = _ptr(y), _ptr(h_n), _ptr(c_n), _ptr(cell), _ptr(proj_in)
+    a.cell_ring = _ptr(cell_ring)
     a.gates, a.h_prev_ws = _ptr(gates), _ptr(h_prev)
     cpu_kernels().lstm_forward(a)
     return y, h_n, c_n, cell, proj_in, gates, h_prev
@@ -351,7 +355,7 @@ def _(gx, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace):
         gx.new_empty(N, Hin),
         gx.new_empty(B, Hin),
         gx.new_empty(B, H),
-        gx.new_empty(N, H),
+        gx.new_empty(N, H) if save_workspace else gx.new_empty(0),
         gx.new_empty(N, H) if P > 0 else gx.new_empty(0),
         gx.new_empty(N, 4 * H) if save_workspace else gx.new_empty(0),
         gx.new_empty(N, Hin) if save_workspace else gx.new_empty(0),

@@ -227,6 +227,40 @@ def test_threaded_path_matches(cell, threads, split, monkeypatch):
         torch.set_num_threads(2)
 
 
+def _inference(module, cfg, x, lengths, hx, forbid=False):
+    inp = x if lengths is None else pack_padded_sequence(x, lengths, batch_first=cfg.batch_first,
+                                                         enforce_sorted=cfg.packed == "sorted")
+    with torch.no_grad():
+        if forbid:
+            with forbid_torch_rnn():
+                out, hidden = module(inp, hx)
+        else:
+            out, hidden = module(inp, hx)
+    return [out.data if isinstance(out, PackedSequence) else out, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+
+
+@pytest.mark.parametrize("split", ["units", "rows"])
+def test_inference_matches_torch_nn(split):
+    """Inference (no_grad) keeps no workspace; the LSTM keeps only a two-step ring of cell states, addressed by
+    batch row and step parity: packed batches (rows leave the ring at different steps, the reverse direction
+    joins them late), projections, several layers, one step, threads split by units or rows."""
+    old, old_rows = _C.get_parallel_threshold(), _C.get_row_split_min_rows()
+    _C.set_parallel_threshold(1)
+    _C.set_row_split_min_rows(1 if split == "rows" else 1 << 40)
+    try:
+        for i, cfg in enumerate(c for c in random_configs(200, seed=77) if c.dropout == 0.0):
+            if i >= 60:
+                break
+            ref, ours = make_pair(cfg)
+            x, lengths, hx = make_inputs(cfg, torch.Generator().manual_seed(cfg.seed))
+            for g, e in zip(_inference(ours, cfg, x, lengths, hx, forbid=True), _inference(ref, cfg, x, lengths, hx)):
+                assert g.shape == e.shape
+                assert_close(g, e, cfg.dtype, f"{cfg} inference")
+    finally:
+        _C.set_parallel_threshold(old)
+        _C.set_row_split_min_rows(old_rows)
+
+
 @pytest.mark.parametrize("isa", _C.available_isas())
 def test_every_instruction_set(isa):
     """Each compiled instruction-set variant gives torch.nn's results."""

@@ -75,7 +75,7 @@ def test_inference_saves_no_workspace():
         m(torch.randn(5, 2, 3))
     outs = ops.lstm_layer(a["gx"].detach(), a["w_hh"].detach(), None, a["h0"].detach(), a["c0"].detach(),
                           a["batch_sizes"], False, False)
-    assert outs[5].numel() == 0 and outs[6].numel() == 0
+    assert outs[3].numel() == 0 and outs[5].numel() == 0 and outs[6].numel() == 0  # cell, gates, h_prev
 
 
 def test_backward_without_workspace_is_a_clear_error():
