@@ -33,6 +33,10 @@ for cls, H, bi, packed, B, T, dtype in itertools.product(
         loss = data.sum() + sum(h.sum() for h in (hidden if isinstance(hidden, tuple) else (hidden,)))
         loss.backward()
         count += 1
+        if cls is pyrnn.LSTM:  # inference: the cell states' two-step ring instead of the [N, H] workspace
+            with torch.no_grad():
+                m(inp)
+            count += 1
 _C.set_isa("auto")
 _C.set_row_split_min_rows(6)
 # Cells through every kernel path: dot products with the weight rows (B = 1, 2; threaded, as the threshold is
