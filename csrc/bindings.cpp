@@ -230,8 +230,8 @@ PYBIND11_MODULE(_C, m) {
 #define FIELD(name) args.def_readwrite(#name, &RecurrenceArgs::name)
   FIELD(dtype); FIELD(nonlinearity); FIELD(nthreads); FIELD(reverse); FIELD(T); FIELD(B); FIELD(H); FIELD(P);
   FIELD(y_stride); FIELD(batch_sizes); FIELD(gx); FIELD(b_hn); FIELD(h0);
-  FIELD(c0); FIELD(y); FIELD(h_n); FIELD(c_n); FIELD(cell); FIELD(cell_ring); FIELD(proj_in); FIELD(gates); FIELD(gh_n);
-  FIELD(h_prev_ws); FIELD(w_hh); FIELD(w_hr); FIELD(dy); FIELD(dh_n); FIELD(dc_n); FIELD(d_gates);
+  FIELD(c0); FIELD(y); FIELD(h_n); FIELD(c_n); FIELD(cell); FIELD(cell_ring); FIELD(proj_in); FIELD(gates);
+  FIELD(gh_n); FIELD(h_prev_ws); FIELD(w_hh); FIELD(w_hr); FIELD(dy); FIELD(dh_n); FIELD(dc_n); FIELD(d_gates);
   FIELD(d_gates_h); FIELD(dh0); FIELD(dc0); FIELD(dh_total); FIELD(dh_prev_ws); FIELD(dc_prev_ws);
   FIELD(I); FIELD(x); FIELD(w_ih); FIELD(b_ih); FIELD(b_hh); FIELD(dx);
 #undef FIELD

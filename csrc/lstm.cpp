@@ -35,8 +35,8 @@ struct LstmCell {
 
   explicit LstmCell(const RecurrenceArgs& a)
       : H(a.H), P(a.P), B(a.B), ys(a.y_stride), gx(cptr<T>(a.gx)), c0(cptr<T>(a.c0)), y(mptr<T>(a.y)),
-        cell(mptr<T>(a.cell)), cell_ring(mptr<T>(a.cell_ring)), proj_in(mptr<T>(a.proj_in)), gates(mptr<T>(a.gates)), c_n(mptr<T>(a.c_n)),
-        dc_n(cptr<T>(a.dc_n)), d_gates(mptr<T>(a.d_gates)), dc0(mptr<T>(a.dc0)),
+        cell(mptr<T>(a.cell)), cell_ring(mptr<T>(a.cell_ring)), proj_in(mptr<T>(a.proj_in)),
+        gates(mptr<T>(a.gates)), c_n(mptr<T>(a.c_n)), dc_n(cptr<T>(a.dc_n)), d_gates(mptr<T>(a.d_gates)), dc0(mptr<T>(a.dc0)),
         dc_prev_ws(mptr<T>(a.dc_prev_ws)) {}
 
   T* dc_ring(int64_t it, int64_t b) const { return dc_prev_ws + ((it & 1) * B + b) * H; }
@@ -68,7 +68,9 @@ struct LstmCell {
     }
   }
   const T* proj_input_row(int64_t n) const { return proj_in + n * H; }
-  void finish_row(int64_t b, int64_t last, int64_t last_it) { copy_row(cell_row(last, b, last_it), H, c_n + b * H); }
+  void finish_row(int64_t b, int64_t last, int64_t last_it) {
+    copy_row(cell_row(last, b, last_it), H, c_n + b * H);
+  }
 
   // dh: dL/d(o * tanh(c)) of units [u, u+cnt) at packed row n.
   void backward_vec(int64_t n, int64_t b, int64_t u, int cnt, V dh, int64_t next, int64_t prev, int64_t it) {

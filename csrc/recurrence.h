@@ -101,12 +101,7 @@ struct Schedule {
     return t;
   }
   // Packed row holding row b's final state.
-  int64_t last_row(int64_t b) const {
-    if (reverse) return offset[0] + b;
-    int64_t t = T - 1;
-    while (t > 0 && batch[t] <= b) --t;
-    return offset[t] + b;
-  }
+  int64_t last_row(int64_t b) const { return offset[time_at(last_iteration(b))] + b; }
 };
 
 // [begin, end) of n items for thread tid of nt, in chunks aligned to `align` so SIMD lanes are not split.
