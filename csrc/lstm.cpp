@@ -36,8 +36,8 @@ struct LstmCell {
   explicit LstmCell(const RecurrenceArgs& a)
       : H(a.H), P(a.P), B(a.B), ys(a.y_stride), gx(cptr<T>(a.gx)), c0(cptr<T>(a.c0)), y(mptr<T>(a.y)),
         cell(mptr<T>(a.cell)), cell_ring(mptr<T>(a.cell_ring)), proj_in(mptr<T>(a.proj_in)),
-        gates(mptr<T>(a.gates)), c_n(mptr<T>(a.c_n)), dc_n(cptr<T>(a.dc_n)), d_gates(mptr<T>(a.d_gates)), dc0(mptr<T>(a.dc0)),
-        dc_prev_ws(mptr<T>(a.dc_prev_ws)) {}
+        gates(mptr<T>(a.gates)), c_n(mptr<T>(a.c_n)), dc_n(cptr<T>(a.dc_n)), d_gates(mptr<T>(a.d_gates)),
+        dc0(mptr<T>(a.dc0)), dc_prev_ws(mptr<T>(a.dc_prev_ws)) {}
 
   T* dc_ring(int64_t it, int64_t b) const { return dc_prev_ws + ((it & 1) * B + b) * H; }
   const T* c_prev(int64_t b, int64_t prev, int64_t u) const { return prev >= 0 ? cell + prev * H + u : c0 + b * H + u; }
