@@ -153,19 +153,25 @@ def _leaves(x, hx):
     return x, hx.clone().requires_grad_(True)
 
 
-def run(module, cfg, x, lengths, hx, upstream_seed, dropout_seed, forbid=False):
-    x, hx = _leaves(x, hx)
+def _forward(module, cfg, x, lengths, hx, forbid):
+    """The module on x (packed where cfg says), with torch's recurrent kernels raising if forbid. Returns the
+    output's data and the final states as one list."""
     inp = x
     if lengths is not None:
         inp = pack_padded_sequence(x, lengths, batch_first=cfg.batch_first, enforce_sorted=cfg.packed == "sorted")
-    torch.manual_seed(dropout_seed)
     if forbid:
         with forbid_torch_rnn():
             out, hidden = module(inp, hx)
     else:
         out, hidden = module(inp, hx)
     out_t = out.data if isinstance(out, PackedSequence) else out
-    results = [out_t, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+    return [out_t, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+
+
+def run(module, cfg, x, lengths, hx, upstream_seed, dropout_seed, forbid=False):
+    x, hx = _leaves(x, hx)
+    torch.manual_seed(dropout_seed)
+    results = _forward(module, cfg, x, lengths, hx, forbid)
     gen = torch.Generator().manual_seed(upstream_seed)
     loss = sum((r * torch.randn(r.shape, dtype=r.dtype, generator=gen).to(r.device)).sum() for r in results)
     leaves = [x, *(() if hx is None else (hx if isinstance(hx, tuple) else (hx,))), *module.parameters()]
@@ -228,15 +234,8 @@ def test_threaded_path_matches(cell, threads, split, monkeypatch):
 
 
 def _inference(module, cfg, x, lengths, hx, forbid=False):
-    inp = x if lengths is None else pack_padded_sequence(x, lengths, batch_first=cfg.batch_first,
-                                                         enforce_sorted=cfg.packed == "sorted")
     with torch.no_grad():
-        if forbid:
-            with forbid_torch_rnn():
-                out, hidden = module(inp, hx)
-        else:
-            out, hidden = module(inp, hx)
-    return [out.data if isinstance(out, PackedSequence) else out, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+        return _forward(module, cfg, x, lengths, hx, forbid)
 
 
 @pytest.mark.parametrize("split", ["units", "rows"])
