@@ -213,7 +213,9 @@ void cell_backward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int6
   a.dc_prev_ws = reinterpret_cast<uintptr_t>(scratch.data() + 2 * B * H);
   a.d_gates = reinterpret_cast<uintptr_t>(scratch.data() + 4 * B * H);
   if (mode == 1) a.d_gates_h = reinterpret_cast<uintptr_t>(scratch.data() + 4 * B * H + B * G * H);
-  a.y = h, a.cell = c, a.h0 = h0, a.c0 = c0, a.dc_n = dc, a.gates = gates, a.gh_n = gh_n, a.h_prev_ws = h0;
+  // h (the output, which the RNN's derivative reads as h_n) and c (LSTM, recomputed from the gates when 0) may be
+  // 0 where the caller did not keep them.
+  a.y = a.h_n = h, a.cell = c, a.h0 = h0, a.c0 = c0, a.dc_n = dc, a.gates = gates, a.gh_n = gh_n, a.h_prev_ws = h0;
   a.dx = dx, a.dh0 = dh0, a.dc0 = dc0, a.dw_ih = dw_ih, a.dw_hh = dw_hh, a.db_ih = db_ih, a.db_hh = db_hh;
   (active->*cell_kernel(mode, true))(a);
 }

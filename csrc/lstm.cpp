@@ -72,11 +72,13 @@ struct LstmCell {
     copy_row(cell_row(last, b, last_it), H, c_n + b * H);
   }
 
-  // dh: dL/d(o * tanh(c)) of units [u, u+cnt) at packed row n.
+  // dh: dL/d(o * tanh(c)) of units [u, u+cnt) at packed row n. Without the cell array (cells, one step from c0,
+  // whose c is the caller's output and may be changed in place before the backward) c is recomputed from the
+  // gates, as the forward made it.
   void backward_vec(int64_t n, int64_t b, int64_t u, int cnt, V dh, int64_t next, int64_t prev, int64_t it) {
     const T* gr = gates + n * 4 * H + u;
     const V i = vload(gr, cnt), f = vload(gr + H, cnt), g = vload(gr + 2 * H, cnt), o = vload(gr + 3 * H, cnt);
-    const V tc = vtanh(vload(cell + n * H + u, cnt));
+    const V tc = vtanh(cell ? vload(cell + n * H + u, cnt) : f * vload(c_prev(b, prev, u), cnt) + i * g);
     // dc_prev_ws: a ring of two steps [2, B, H], written at iteration it and read at it - 1.
     const V dc_carry = vload(next >= 0 ? dc_ring(it + 1, b) + u : dc_n + b * H + u, cnt);
     const V dc = dc_carry + dh * o * (T(1) - tc * tc);

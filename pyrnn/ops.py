@@ -611,27 +611,35 @@ def _rnn_layer_backward_impl(
     dh_n: Tensor,
     w_hh: Tensor,
     y: Tensor,
+    h_prev: Tensor,
+    h_n: Tensor,
     batch_sizes: Tensor,
     reverse: bool,
     relu: bool,
 ) -> tuple[Tensor, Tensor]:
-    """BPTT of rnn_layer from its output y. Returns d_gates [N,H] (= dL/dgx) and dh0."""
+    """BPTT of rnn_layer from its outputs: every step's output h, which the activation's derivative needs, is read
+    on the CPU from h_prev [N,H] (the next step's input state) and h_n [B,H] (a row's last step), on GPUs from y
+    [N,H] (may be empty on the CPU). Returns d_gates [N,H] (= dL/dgx) and dh0."""
     backend = _check_device_and_dtype(dy)
     bs = _batch_sizes(batch_sizes)
     N, H, B = dy.shape[0], w_hh.shape[0], dh_n.shape[0]
-    _validate_backward(dy, dh_n, bs, N, H, {"y": (y, (N, H)), "w_hh": (w_hh, (H, H))})
     if backend in ("triton", "cuda"):
+        _validate_backward(dy, dh_n, bs, N, H, {"y": (y, (N, H)), "w_hh": (w_hh, (H, H))})
         e = dy.new_empty(0)
         ws = dict(y=y, cell=e, proj_in=e, gates=e, gh_n=e, h_prev=e)
         d_gates, _, dh0, _, _ = _gpu(backend).backward("RNN_RELU" if relu else "RNN_TANH", dy, dh_n, w_hh, batch_sizes,
                                                    reverse, ws)
         return d_gates, dh0
-    dy, dh_n, w_hh, y = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), y.contiguous()
+    _require_workspace(h_prev, N, "rnn_layer")
+    ws = {"h_prev": (h_prev, (N, H)), "h_n": (h_n, (B, H)), "w_hh": (w_hh, (H, H))}
+    _validate_backward(dy, dh_n, bs, N, H, ws)
+    dy, dh_n, w_hh = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous()
+    h_prev, h_n = h_prev.contiguous(), h_n.contiguous()
     d_gates, dh0, dh_prev_ws = _workspace(dy, N, H), dy.new_empty(B, H), dy.new_empty(2, B, H)
 
     a = _args(dy, bs, B, H, 0, reverse)
     a.nonlinearity = 1 if relu else 0
-    a.w_hh, a.y, a.dy, a.dh_n = _ptr(w_hh), _ptr(y), _ptr(dy), _ptr(dh_n)
+    a.w_hh, a.h_prev_ws, a.h_n, a.dy, a.dh_n = _ptr(w_hh), _ptr(h_prev), _ptr(h_n), _ptr(dy), _ptr(dh_n)
     a.d_gates, a.dh0, a.dh_prev_ws = _ptr(d_gates), _ptr(dh0), _ptr(dh_prev_ws)
     cpu_kernels().rnn_backward(a)
     return d_gates, dh0
@@ -641,7 +649,7 @@ rnn_layer_backward = torch.library.custom_op("pyrnn::rnn_layer_backward", _rnn_l
 
 
 @rnn_layer_backward.register_fake
-def _(dy, dh_n, w_hh, y, batch_sizes, reverse, relu):
+def _(dy, dh_n, w_hh, y, h_prev, h_n, batch_sizes, reverse, relu):
     return dy.new_empty(dy.shape[0], w_hh.shape[0]), dy.new_empty(dh_n.shape)
 
 
@@ -649,16 +657,19 @@ def _rnn_setup_context(ctx, inputs, output):
     gx, w_hh, h0, batch_sizes, reverse, relu, save_workspace = inputs
     y, h_n, h_prev = output
     _workspace_has_no_grad(ctx, h_prev)
-    ctx.save_for_backward(w_hh, h0, batch_sizes, y, h_prev)
-    ctx.reverse, ctx.relu = reverse, relu
+    # The CPU backward reads every step's output from h_prev and h_n, not from y: y is the caller's, who may
+    # change it in place before the backward, as torch.nn.RNN allows. The GPU kernels read y.
+    keep_y = _backend.select(gx) != "cpu"
+    ctx.save_for_backward(w_hh, h0, batch_sizes, y if keep_y else y.new_empty(0), h_prev, h_n)
+    ctx.reverse, ctx.relu, ctx.rows = reverse, relu, y.shape[0]
 
 
 def _rnn_backward(ctx, dy, dh_n, _h_prev_grad):
-    w_hh, h0, batch_sizes, y, h_prev = ctx.saved_tensors
-    _require_workspace(h_prev, y.shape[0], "rnn_layer")
-    dy = _zeros_if_none(dy, y)
+    w_hh, h0, batch_sizes, y, h_prev, h_n = ctx.saved_tensors
+    _require_workspace(h_prev, ctx.rows, "rnn_layer")
+    dy = _zeros_if_none(dy, h_prev.new_empty(ctx.rows, w_hh.shape[0]))
     dh_n = _zeros_if_none(dh_n, h0)
-    d_gates, dh0 = _call(rnn_layer_backward, dy, dh_n, w_hh, y, batch_sizes, ctx.reverse, ctx.relu)
+    d_gates, dh0 = _call(rnn_layer_backward, dy, dh_n, w_hh, y, h_prev, h_n, batch_sizes, ctx.reverse, ctx.relu)
     dw_hh = _call(gemm, d_gates.t(), h_prev)  # [H, H]
     return d_gates, dw_hh, dh0, None, None, None, None
 
@@ -786,8 +797,9 @@ def _cell_backward_impl(
     weight_grads: bool,
     bias_grads: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backward of cell from dh (and dc). Returns dx [B, I], dh0 [B, H], dc0 [B, H] (LSTM; empty otherwise) and,
-    if weight_grads (else empty), dw_ih [G*H, I], dw_hh [G*H, H] and, if bias_grads too, db_ih, db_hh [G*H]."""
+    """Backward of cell from dh (and dc). h (the output) is read by the RNN modes only and c (LSTM) by none: either
+    may be empty. Returns dx [B, I], dh0 [B, H], dc0 [B, H] (LSTM; empty otherwise) and, if weight_grads (else
+    empty), dw_ih [G*H, I], dw_hh [G*H, H] and, if bias_grads too, db_ih, db_hh [G*H]."""
     _validate_cell_backward(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n)
     return _run_cell_backward(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, weight_grads, bias_grads)
 
@@ -795,9 +807,11 @@ def _cell_backward_impl(
 def _validate_cell_backward(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n) -> None:
     G = _validate_cell(mode, x, h0, c0, w_ih, w_hh, None, None)
     (B, I), H = x.shape, h0.shape[1]
-    expected = {"dh": (dh, (B, H)), "h": (h, (B, H))}
-    if G == 4:
-        expected.update(dc=(dc, (B, H)), c=(c, (B, H)), gates=(gates, (B, G * H)))
+    expected = {"dh": (dh, (B, H))}
+    if G == 1:
+        expected.update(h=(h, (B, H)))
+    elif G == 4:
+        expected.update(dc=(dc, (B, H)), gates=(gates, (B, G * H)))
     elif G == 3:
         expected.update(gates=(gates, (B, G * H)), gh_n=(gh_n, (B, H)))
     for name, (t, shape) in expected.items():
@@ -815,7 +829,8 @@ def _run_cell_backward(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, w
     if G > 1 and B > 0 and gates.numel() == 0:
         raise RuntimeError("pyrnn::cell: the forward ran with save_workspace=False (inference), so it cannot be "
                            "differentiated")
-    x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, dh, dc = _contiguous(x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, dh, dc)
+    x, h0, c0, w_ih, w_hh, gates, gh_n, dh, dc = _contiguous(x, h0, c0, w_ih, w_hh, gates, gh_n, dh, dc)
+    h = h.contiguous() if G == 1 else None  # LSTM, GRU: the kernel does not read the output
     new = x.new_empty
     dx, dh0, dc0 = new(B, I), new(B, H), new(B, H) if G == 4 else new(0)
     dw_ih, dw_hh = (new(G * H, I), new(G * H, H)) if weight_grads else (new(0), new(0))
@@ -824,7 +839,7 @@ def _run_cell_backward(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, w
         return dx, dh0, dc0, dw_ih.zero_(), dw_hh.zero_(), db_ih.zero_(), db_hh.zero_()
     cpu_kernels().cell_backward(
         _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
-        h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), h.data_ptr(), _ptr(c), _ptr(gates), _ptr(gh_n),
+        h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(h), 0, _ptr(gates), _ptr(gh_n),
         dh.data_ptr(), _ptr(dc), dx.data_ptr(), dh0.data_ptr(), _ptr(dc0), _ptr(dw_ih), _ptr(dw_hh), _ptr(db_ih),
         _ptr(db_hh),
     )
@@ -847,6 +862,11 @@ def _cell_setup_context(ctx, inputs, output):
     mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace = inputs
     h, c, gates, gh_n = output
     _workspace_has_no_grad(ctx, gates, gh_n)
+    # Only the RNN's derivative reads the output h (as torch.nn.RNNCell's tanh/relu keeps it); LSTM and GRU
+    # backwards work from the gates (LSTM: c recomputed from them), so the caller may change h and c in place
+    # before the backward, as torch.nn's LSTMCell and GRUCell allow.
+    if mode in ("LSTM", "GRU"):
+        h, c = h.new_empty(0), c.new_empty(0)
     ctx.save_for_backward(x, h0, c0, w_ih, w_hh, h, c, gates, gh_n)
     ctx.mode, ctx.has_bias = mode, b_ih is not None
 
@@ -855,8 +875,8 @@ def _cell_backward(ctx, dh, dc, *_workspace_grads):
     x, h0, c0, w_ih, w_hh, h, c, gates, gh_n = ctx.saved_tensors
     mode = ctx.mode
     need = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace
-    dh = _zeros_if_none(dh, h)
-    dc = _zeros_if_none(dc, c) if mode == "LSTM" else None
+    dh = _zeros_if_none(dh, h0)
+    dc = _zeros_if_none(dc, h0.new_empty(h0.shape[0], w_hh.shape[1])) if mode == "LSTM" else None
     weight_grads = any(need[4:8])
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _call(
         cell_backward, mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, weight_grads, ctx.has_bias

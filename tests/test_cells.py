@@ -164,3 +164,34 @@ def test_cell_inference_path(name, batch, dtype, monkeypatch):
         for g, e in zip(got, expected):
             assert not g.requires_grad
             assert_close(g, e.detach(), dtype, "output")
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_outputs_changed_in_place(name, batch, dtype):
+    """torch.nn's LSTMCell and GRUCell keep no reference to their outputs for the backward, so a caller may
+    change h (and c) in place before it (h += skip): pyrnn's cells allow the same, with the same gradients."""
+    torch.manual_seed(batch)
+    ref = getattr(nn, name)(6, 7, dtype=dtype)
+    ours = getattr(pyrnn, name)(6, 7, dtype=dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, 6, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(batch, 7, dtype=dtype, requires_grad=True)
+    hx = (h0, torch.randn(batch, 7, dtype=dtype, requires_grad=True)) if name == "LSTMCell" else h0
+    leaves = [x, *(hx if isinstance(hx, tuple) else (hx,)), *ref.parameters()]
+    upstream = [torch.randn(batch, 7, dtype=dtype) for _ in range(2)]
+
+    def run(module):
+        out = module(x, hx)
+        outs = out if isinstance(out, tuple) else (out,)
+        for o in outs:
+            o.mul_(3.0).add_(1.0)
+        loss = sum((o * u).sum() for o, u in zip(outs, upstream))
+        return torch.autograd.grad(loss, [*leaves[: len(leaves) - 4], *module.parameters()])
+
+    expected = run(ref)
+    with forbid_torch_rnn():
+        got = run(ours)
+    for g, e in zip(got, expected):
+        assert_close(g, e, dtype, "grad")

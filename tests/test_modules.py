@@ -303,3 +303,38 @@ def test_larger_sizes_float32():
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
         for name in exp_grads:
             torch.testing.assert_close(got_grads[name], exp_grads[name], rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("cell,kw", [
+    ("RNN", {}), ("RNN", {"nonlinearity": "relu", "num_layers": 2}), ("RNN", {"packed": True}),
+    ("GRU", {}), ("GRU", {"num_layers": 2, "packed": True}), ("LSTM", {"bidirectional": True}),
+    ("LSTM", {"proj_size": 3}), ("LSTM", {"dtype": torch.float64}),
+], ids=str)
+def test_outputs_changed_in_place(cell, kw):
+    """Where torch.nn keeps no reference to the layer's output for its backward (RNN, GRU, several LSTM paths),
+    a caller may change it in place before the backward (out += skip): pyrnn allows the same, with the same
+    gradients (its RNN reads each step's output from its own workspace, not from the caller's y)."""
+    kw = dict(kw)
+    packed, dtype = kw.pop("packed", False), kw.pop("dtype", torch.float32)
+    torch.manual_seed(0)
+    ref = MODULES[cell][0](5, 6, dtype=dtype, **kw)
+    ours = MODULES[cell][1](5, 6, dtype=dtype, **kw)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 5, dtype=dtype, requires_grad=True)
+
+    def run(module):
+        inp = pack_padded_sequence(x, [4, 3, 1]) if packed else x
+        out, state = module(inp)
+        data = out.data if packed else out
+        data.mul_(3.0).add_(1.0)
+        upstream = torch.randn(data.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+        return torch.autograd.grad((data * upstream).sum(), [x, *module.parameters()])
+
+    try:
+        expected = run(ref)
+    except RuntimeError as exc:  # this torch.nn path saves its output (oneDNN's LSTM): nothing to match
+        pytest.skip(f"torch.nn does not allow it here either: {exc}")
+    with forbid_torch_rnn():
+        got = run(ours)
+    for g, e in zip(got, expected):
+        assert_close(g, e, dtype, "grad")
