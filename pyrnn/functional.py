@@ -53,15 +53,11 @@ def layer_direction(
     save = _needs_workspace(x, h0, c0, *w)
     if mode == "GRU":
         # b_hn sits inside r * (W_hn h + b_hn): only the r and z hidden biases fold into the input projection.
-        bias, b_hn = None, None
-        if w.b_ih is not None:
-            bias = torch.cat([w.b_ih[: 2 * H] + w.b_hh[: 2 * H], w.b_ih[2 * H :]])
-            b_hn = w.b_hh[2 * H :]
-        gx = _input_projection(x, w.w_ih, bias)  # [N, 3H]
+        gx = _input_projection(x, w.w_ih, w.b_ih, w.b_hh, 2 * H)  # [N, 3H]
+        b_hn = None if w.b_hh is None else w.b_hh[2 * H :]
         y, h_n, *_ = ops.apply(ops.gru_layer, gx, w.w_hh, b_hn, h0, batch_sizes, reverse, save)
         return y, h_n, None
-    bias = None if w.b_ih is None else w.b_ih + w.b_hh
-    gx = _input_projection(x, w.w_ih, bias)  # [N, G*H]
+    gx = _input_projection(x, w.w_ih, w.b_ih, w.b_hh, w.w_hh.shape[0])  # [N, G*H]
     if mode == "LSTM":
         y, h_n, c_n, *_ = ops.apply(ops.lstm_layer, gx, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse, save)
         return y, h_n, c_n
@@ -85,9 +81,11 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
     return h, c
 
 
-def _input_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
-    # x: [N, I] -> [N, G*H], one GEMM over all steps (and its backward: dx, dW_ih) in pyrnn's GEMM.
-    return ops.apply(ops.linear, x, w_ih, bias)
+def _input_projection(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], hidden_rows: int
+                      ) -> Tensor:
+    # x: [N, I] -> [N, G*H] + b_ih + b_hh's first hidden_rows entries, one GEMM over all steps (and its backward:
+    # dx, dW_ih, db_ih and that part of db_hh) in pyrnn's GEMM.
+    return ops.apply(ops.linear, x, w_ih, b_ih, b_hh, hidden_rows)
 
 
 def recurrence(

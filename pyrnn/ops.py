@@ -261,37 +261,64 @@ def _(a, b, bias=None):
     return a.new_empty(a.shape[0], b.shape[1])
 
 
-def _linear_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """x [N, I] @ weight [O, I]^T + bias [O]: the input projection of all steps at once."""
-    return _gemm_impl(x, weight.t(), bias)
+def _projection_bias(bias: Optional[Tensor], hidden_bias: Optional[Tensor], hidden_rows: int) -> Optional[Tensor]:
+    # bias + hidden_bias on its first hidden_rows entries (the gates whose b_hh adds outside the cell math): a few
+    # microseconds here, where an add (GRU: slices, an add and a cat) in autograd's graph cost tens per layer.
+    if hidden_bias is None or hidden_rows == 0:
+        return bias
+    if bias is None:
+        bias = hidden_bias.new_zeros(hidden_bias.shape)
+    if hidden_rows >= bias.shape[0]:
+        return bias + hidden_bias
+    return torch.cat([bias[:hidden_rows] + hidden_bias[:hidden_rows], bias[hidden_rows:]])
 
 
-def _projection_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def _linear_impl(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, hidden_bias: Optional[Tensor] = None,
+    hidden_rows: int = 0,
+) -> Tensor:
+    """x [N, I] @ weight [O, I]^T + bias [O] (+ hidden_bias [O] on outputs [0, hidden_rows)): the input projection
+    of all steps at once, with the hidden biases that fold into it (LSTM, RNN: all of b_hh; GRU: its r and z
+    rows, 2H, since b_hn sits inside r * (...))."""
+    return _gemm_impl(x, weight.t(), _projection_bias(bias, hidden_bias, hidden_rows))
+
+
+def _projection_impl(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, hidden_bias: Optional[Tensor] = None,
+    hidden_rows: int = 0,
+) -> Tensor:
     # _linear_impl for the eager path, where the result is the layer's own gx (consumed by its recurrence, never
     # seen by the user): the [N, G*H] buffer comes from the workspace cache.
-    return _gemm(x, weight.t(), bias, _workspace)
+    return _gemm(x, weight.t(), _projection_bias(bias, hidden_bias, hidden_rows), _workspace)
 
 
 linear = torch.library.custom_op("pyrnn::linear", _linear_impl, mutates_args=())
 
 
 @linear.register_fake
-def _(x, weight, bias=None):
+def _(x, weight, bias=None, hidden_bias=None, hidden_rows=0):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
 def _linear_setup_context(ctx, inputs, output):
-    x, weight, bias = inputs
+    x, weight, bias, hidden_bias, hidden_rows = (*inputs, None, None, 0)[:5]
     ctx.save_for_backward(x, weight)
-    ctx.has_bias = bias is not None
+    ctx.has_bias, ctx.has_hidden_bias, ctx.hidden_rows = bias is not None, hidden_bias is not None, hidden_rows
 
 
 def _linear_backward(ctx, grad):
     x, weight = ctx.saved_tensors
-    dx = _call(gemm, grad, weight) if ctx.needs_input_grad[0] else None  # [N, O] @ [O, I]
-    dw = _call(gemm, grad.t(), x) if ctx.needs_input_grad[1] else None  # [O, N] @ [N, I]
-    db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return dx, dw, db
+    need = (*ctx.needs_input_grad, False, False)
+    dx = _call(gemm, grad, weight) if need[0] else None  # [N, O] @ [O, I]
+    dw = _call(gemm, grad.t(), x) if need[1] else None  # [O, N] @ [N, I]
+    wants_db = ctx.has_bias and need[2]
+    wants_dhb = ctx.has_hidden_bias and need[3]
+    db = grad.sum(0) if wants_db or wants_dhb else None
+    dhb = None
+    if wants_dhb:  # the hidden bias's gradient: db on its folded rows, zero on the others
+        r = ctx.hidden_rows
+        dhb = db if r >= db.shape[0] else torch.cat([db[:r], db.new_zeros(db.shape[0] - r)])
+    return dx, dw, db if wants_db else None, dhb, None
 
 
 linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
