@@ -44,7 +44,8 @@ struct RecurrenceArgs {
   // Forward workspace kept for the backward (training only; 0 in inference).
   uintptr_t gates = 0;      // [N, G*H] gate activations
   uintptr_t gh_n = 0;       // [N, H] GRU: W_hn h + b_hn
-  uintptr_t h_prev_ws = 0;  // [N, Hin] the state entering every step (for dW_hh = dG^T h_prev)
+  uintptr_t h_prev_ws = 0;  // [N, Hin] the state entering every step (for dW_hh = dG^T h_prev; the RNN's
+                            // backward reads each step's output there too, or in h_n at a row's last step)
 
   // Backward inputs (plus w_hh, w_hr and the forward's outputs and workspace above).
   uintptr_t dy = 0;       // [N, Hin] dL/dy
