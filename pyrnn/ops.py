@@ -2,8 +2,7 @@
 
 Each op takes the input projection gx (computed by the caller with one GEMM over all steps, pyrnn::linear,
 whose autograd handles x, W_ih, b_ih and the part of b_hh folded into it) and runs the recurrence in pyrnn's own
-kernels. Shapes, with N packed rows
-(N = T * B for a padded batch), G gates, Hin = P if a projection else H:
+kernels. Shapes, with N packed rows (N = T * B for a padded batch), G gates, Hin = P if a projection else H:
 
     gx: [N, G*H]   w_hh: [G*H, Hin]   w_hr: [P, H]   h0: [B, Hin]   c0: [B, H]   batch_sizes: int64 [T] (CPU)
     y: [N, Hin]    h_n: [B, Hin]      c_n: [B, H]
