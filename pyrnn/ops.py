@@ -937,14 +937,30 @@ def _plain(args) -> bool:
 plain_eager = _plain  # for callers that run an implementation directly (functional.cell's inference)
 
 
+def _grad_transform_level() -> Optional[int]:
+    """The level of torch.func.grad / vjp when it is the one transform active (and nothing compiles, traces or
+    runs a mode), else None. There the registered ops fail (the autograd.Function torch.library generates for
+    them lacks the separate setup_context functorch requires), so the eager autograd.Function runs instead, its
+    backward's kernels on the plain tensors under functorch's wrappers (_call). One level only: a backward run
+    by the implementations records no graph, which an outer grad (grad of grad) would silently take as constant."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() > 0
+            or torch._C._is_torch_function_mode_enabled()):
+        return None
+    stack = torch._C._functorch.get_interpreter_stack() or []
+    if len(stack) == 1 and stack[0].key() == torch._C._functorch.TransformType.Grad:
+        return stack[0].level()
+    return None
+
+
 def _eager_function(op, impl, setup_context, backward) -> type:
-    def forward(ctx, *args):
-        output = impl(*args)
-        setup_context(ctx, args, output)
-        return output
+    # forward without ctx and setup_context apart: the form torch.func's transforms accept.
+    def forward(*args):
+        return impl(*args)
 
     name = "Eager_" + op._name.replace("::", "_")
-    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                   "setup_context": staticmethod(setup_context),
+                                                   "backward": staticmethod(backward)})
 
 
 _IMPLS = {
@@ -969,6 +985,15 @@ def _call(op, *args):
     """Runs a backward-side op: its implementation directly in plain eager mode (for cell_backward without
     re-checking the forward's own tensors), the registered op otherwise (and under create_graph=True, where the
     registered ops say clearly that no double backward exists)."""
+    level = _grad_transform_level()
+    if level is not None:  # inside torch.func.grad's backward: kernels on the plain tensors, results wrapped back
+        from torch._C._functorch import _unwrap_for_grad, _wrap_for_grad
+        from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
+
+        plain = [_unwrap_for_grad(a, level) if isinstance(a, Tensor) else a for a in args]
+        with retrieve_current_functorch_interpreter().lower():  # tensors made in there stay plain
+            out = _IMPLS[op](*plain)
+        return tuple(_wrap_for_grad(t, level) for t in out) if isinstance(out, tuple) else _wrap_for_grad(out, level)
     return (_IMPLS[op] if not torch.is_grad_enabled() and _plain(args) else op)(*args)
 
 
@@ -981,4 +1006,6 @@ def apply(op, *args):
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
             return _EAGER[op].apply(*args)
         return _DIFFERENTIABLE[op][0](*args)  # nothing for autograd to record: the implementation alone
+    if _grad_transform_level() is not None:  # torch.func.grad / vjp (functional_call training, per-sample grads)
+        return _EAGER[op].apply(*args)
     return op(*args)

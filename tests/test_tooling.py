@@ -67,6 +67,37 @@ def test_jit_trace_runs_pyrnn_ops():
     torch.testing.assert_close(traced(x)[0], m(x)[0])
 
 
+@pytest.mark.parametrize("name,kw", [
+    ("LSTM", {"num_layers": 2, "bidirectional": True}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
+    ("RNN", {"nonlinearity": "relu"}), ("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}),
+], ids=str)
+def test_torch_func_grad_matches_torch_nn(name, kw):
+    """torch.func.grad over functional_call (meta-learning, functional training loops): the same gradients as
+    torch.nn's, for the parameters and the input, with pyrnn's kernels."""
+    from torch.func import functional_call, grad
+
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(4, 5, **kw)
+    ours = getattr(pyrnn, name)(4, 5, **kw)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 4) if name.endswith("Cell") else torch.randn(3, 2, 4)
+
+    def gradients(module):
+        def loss(params, inp):
+            out = functional_call(module, params, (inp,))
+            out = out[0] if isinstance(out, tuple) else out
+            return (out * out).sum()
+
+        return grad(loss, argnums=(0, 1))({k: v.detach() for k, v in module.named_parameters()}, x)
+
+    (expected, expected_x) = gradients(ref)
+    with forbid_torch_rnn():
+        (got, got_x) = gradients(ours)
+    torch.testing.assert_close(got_x, expected_x, rtol=2e-5, atol=2e-5)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=2e-5, atol=2e-5, msg=k)
+
+
 def test_onnx_export_fails_clearly():
     m = pyrnn.GRU(3, 5).eval()
     with pytest.raises(Exception, match="pyrnn::"):
