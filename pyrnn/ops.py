@@ -941,8 +941,9 @@ def _grad_transform_level() -> Optional[int]:
     """The level of torch.func.grad / vjp when it is the one transform active (and nothing compiles, traces or
     runs a mode), else None. There the registered ops fail (the autograd.Function torch.library generates for
     them lacks the separate setup_context functorch requires), so the autograd.Function of _FUNCTORCH runs
-    instead, its backward's kernels on the plain tensors under functorch's wrappers (_call). One level only: a backward run
-    by the implementations records no graph, which an outer grad (grad of grad) would silently take as constant."""
+    instead, its backward's kernels on the plain tensors under functorch's wrappers (_call). One level only: a
+    backward run by the implementations records no graph, which an outer grad (grad of grad) would silently take
+    as constant."""
     if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() > 0
             or torch._C._is_torch_function_mode_enabled()):
         return None
@@ -1013,7 +1014,8 @@ def _call(op, *args):
 def apply(op, *args):
     """Runs a differentiable pyrnn op (linear, lstm_layer, gru_layer, rnn_layer, cell) with positional arguments:
     in plain eager mode through its autograd.Function (or its implementation alone when grad mode is off or no
-    argument requires grad), through the registered custom op otherwise. Same implementation, same backward
+    argument requires grad), under one torch.func.grad level through its functorch-form autograd.Function, through
+    the registered custom op otherwise. Same implementation, same backward
     either way (except that an eager linear's result, a layer's gx, lives in the workspace cache)."""
     if _plain(args):
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
