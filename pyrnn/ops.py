@@ -1015,8 +1015,8 @@ def apply(op, *args):
     """Runs a differentiable pyrnn op (linear, lstm_layer, gru_layer, rnn_layer, cell) with positional arguments:
     in plain eager mode through its autograd.Function (or its implementation alone when grad mode is off or no
     argument requires grad), under one torch.func.grad level through its functorch-form autograd.Function, through
-    the registered custom op otherwise. Same implementation, same backward
-    either way (except that an eager linear's result, a layer's gx, lives in the workspace cache)."""
+    the registered custom op otherwise. Same implementation, same backward either way (except that an eager
+    linear's result, a layer's gx, lives in the workspace cache)."""
     if _plain(args):
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
             return _EAGER[op].apply(*args)
