@@ -301,14 +301,14 @@ def _(x, weight, bias=None, hidden_bias=None, hidden_rows=0):
 
 
 def _linear_setup_context(ctx, inputs, output):
-    x, weight, bias, hidden_bias, hidden_rows = (*inputs, None, None, 0)[:5]
+    x, weight, bias, hidden_bias, hidden_rows = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias, ctx.has_hidden_bias, ctx.hidden_rows = bias is not None, hidden_bias is not None, hidden_rows
 
 
 def _linear_backward(ctx, grad):
     x, weight = ctx.saved_tensors
-    need = (*ctx.needs_input_grad, False, False)
+    need = ctx.needs_input_grad  # x, weight, bias, hidden_bias, hidden_rows
     dx = _call(gemm, grad, weight) if need[0] else None  # [N, O] @ [O, I]
     dw = _call(gemm, grad.t(), x) if need[1] else None  # [O, N] @ [N, I]
     wants_db = ctx.has_bias and need[2]
@@ -927,9 +927,13 @@ cell.register_autograd(_cell_backward, setup_context=_cell_setup_context)
 _PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
 
 
+def _compiling_tracing_or_mode() -> bool:
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() > 0
+            or torch._C._is_torch_function_mode_enabled())
+
+
 def _plain(args) -> bool:
-    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
-            or torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()):
+    if _compiling_tracing_or_mode() or torch._C._are_functorch_transforms_active():
         return False
     return all(type(a) in _PLAIN_TENSOR_TYPES for a in args if isinstance(a, Tensor))
 
@@ -944,8 +948,7 @@ def _grad_transform_level() -> Optional[int]:
     instead, its backward's kernels on the plain tensors under functorch's wrappers (_call). One level only: a
     backward run by the implementations records no graph, which an outer grad (grad of grad) would silently take
     as constant."""
-    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() > 0
-            or torch._C._is_torch_function_mode_enabled()):
+    if _compiling_tracing_or_mode():
         return None
     stack = torch._C._functorch.get_interpreter_stack() or []
     if len(stack) == 1 and stack[0].key() == torch._C._functorch.TransformType.Grad:
