@@ -39,17 +39,17 @@ def kernel_cases(T: int, B: int, H: int) -> dict:
     N, bs = T * B, torch.full((T,), B, dtype=torch.int64)
     h0, c0 = torch.zeros(B, H), torch.zeros(B, H)
     gx, w_hh = torch.randn(N, 4 * H), torch.randn(4 * H, H) * 0.05
-    _, _, _, cell, proj_in, gates, _ = ops._lstm_layer_impl(gx, w_hh, None, h0, c0, bs, False, True)
+    _, _, _, cell, proj_in, gates, _ = ops._lstm_recurrence(gx, w_hh, None, h0, c0, bs, False, True)
     dy, dh_n, dc_n = torch.randn(N, H), torch.zeros(B, H), torch.zeros(B, H)
     gx_gru, w_gru, b_hn = torch.randn(N, 3 * H), torch.randn(3 * H, H) * 0.05, torch.zeros(H)
     gx_rnn, w_rnn = torch.randn(N, H), torch.randn(H, H) * 0.05
     tag = f"T={T} B={B} H={H}"
     cases = {
-        f"lstm_f {tag}": lambda: ops._lstm_layer_impl(gx, w_hh, None, h0, c0, bs, False, True),
+        f"lstm_f {tag}": lambda: ops._lstm_recurrence(gx, w_hh, None, h0, c0, bs, False, True),
         f"lstm_b {tag}": lambda: ops._lstm_layer_backward_impl(
             dy, dh_n, dc_n, w_hh, None, c0, bs, False, cell, proj_in, gates),
-        f"gru_f {tag}": lambda: ops._gru_layer_impl(gx_gru, w_gru, b_hn, h0, bs, False, True),
-        f"rnn_f {tag}": lambda: ops._rnn_layer_impl(gx_rnn, w_rnn, h0, bs, False, False, True),
+        f"gru_f {tag}": lambda: ops._gru_recurrence(gx_gru, w_gru, b_hn, h0, bs, False, True),
+        f"rnn_f {tag}": lambda: ops._rnn_recurrence(gx_rnn, w_rnn, h0, bs, False, False, True),
     }
     if B > 1:  # the layer's GEMMs: input projection, dW = dG^T x, dx = dG W_ih
         x, w_ih, dg = torch.randn(N, H), torch.randn(4 * H, H), torch.randn(N, 4 * H)

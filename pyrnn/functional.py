@@ -2,8 +2,8 @@
 
 Everything here works on the packed time-major layout: x is [N, I] where step t owns rows
 [offset[t], offset[t] + batch_sizes[t]); a padded [T, B, I] input is the case batch_sizes == [B] * T.
-The input projection of all steps is one GEMM per layer-direction (autograd differentiates it); the
-recurrence runs in pyrnn's kernels.
+Each layer-direction is one op (pyrnn.ops): the input projection of all steps as one GEMM, then the
+recurrence in pyrnn's kernels.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import backend as _backend
-from . import ops
+from . import composite, ops
 
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 
@@ -49,19 +49,18 @@ def layer_direction(
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer-direction. x: [N, I], h0: [B, Hin], c0: [B, H]. Returns y [N, Hin], h_n [B, Hin], c_n."""
-    H = w.w_hh.shape[0] // {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    if ops.needs_composite():  # forward-mode AD, nested torch.func transforms: torch's ops differentiate it
+        return composite.layer(mode, x, w.w_ih, w.b_ih, w.b_hh, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse)
     save = _needs_workspace(x, h0, c0, *w)
-    if mode == "GRU":
-        # b_hn sits inside r * (W_hn h + b_hn): only the r and z hidden biases fold into the input projection.
-        gx = _input_projection(x, w.w_ih, w.b_ih, w.b_hh, 2 * H)  # [N, 3H]
-        b_hn = None if w.b_hh is None else w.b_hh[2 * H :]
-        y, h_n, *_ = ops.apply(ops.gru_layer, gx, w.w_hh, b_hn, h0, batch_sizes, reverse, save)
-        return y, h_n, None
-    gx = _input_projection(x, w.w_ih, w.b_ih, w.b_hh, w.w_hh.shape[0])  # [N, G*H]
     if mode == "LSTM":
-        y, h_n, c_n, *_ = ops.apply(ops.lstm_layer, gx, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse, save)
+        y, h_n, c_n, *_ = ops.apply(ops.lstm_layer, x, w.w_ih, w.b_ih, w.b_hh, w.w_hh, w.w_hr, h0, c0, batch_sizes,
+                                    reverse, save)
         return y, h_n, c_n
-    y, h_n, _ = ops.apply(ops.rnn_layer, gx, w.w_hh, h0, batch_sizes, reverse, mode == "RNN_RELU", save)
+    if mode == "GRU":
+        y, h_n, *_ = ops.apply(ops.gru_layer, x, w.w_ih, w.b_ih, w.b_hh, w.w_hh, h0, batch_sizes, reverse, save)
+        return y, h_n, None
+    y, h_n, _ = ops.apply(ops.rnn_layer, x, w.w_ih, w.b_ih, w.b_hh, w.w_hh, h0, batch_sizes, reverse,
+                          mode == "RNN_RELU", save)
     return y, h_n, None
 
 
@@ -70,6 +69,8 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
 
     On the CPU (float32/float64) this is the fused cell op (input projection inside the kernel); elsewhere
     (GPUs, forced GPU backends, half types) the layer recurrence with T = 1."""
+    if ops.needs_composite():
+        return composite.cell(mode, x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
     if x.is_cpu and x.dtype in ops._KERNEL_DTYPES and _backend.get_backend() in ("auto", "cpu"):
         save = _needs_workspace(x, h0, c0, *w)
         args = (x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
@@ -79,13 +80,6 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
         return h, (c if mode == "LSTM" else None)
     h, _, c = layer_direction(mode, x, time_major_batch_sizes(1, x.shape[0]), h0, c0, w, reverse=False)
     return h, c
-
-
-def _input_projection(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], hidden_rows: int
-                      ) -> Tensor:
-    # x: [N, I] -> [N, G*H] + b_ih + b_hh's first hidden_rows entries, one GEMM over all steps (and its backward:
-    # dx, dW_ih, db_ih and that part of db_hh) in pyrnn's GEMM.
-    return ops.apply(ops.linear, x, w_ih, b_ih, b_hh, hidden_rows)
 
 
 def recurrence(

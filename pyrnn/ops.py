@@ -1,16 +1,19 @@
 """Autograd-aware ops over one layer-direction recurrence (torch.library custom ops).
 
-Each op takes the input projection gx (computed by the caller with one GEMM over all steps, pyrnn::linear,
-whose autograd handles x, W_ih, b_ih and the part of b_hh folded into it) and runs the recurrence in pyrnn's own
-kernels. Shapes, with N packed rows (N = T * B for a padded batch), G gates, Hin = P if a projection else H:
+A layer op runs one layer-direction: the input projection of all steps as one GEMM (gx = x W_ih^T + b_ih, with
+the hidden biases that add outside the cell math folded in), then the recurrence in pyrnn's own kernels. Shapes,
+with N packed rows (N = T * B for a padded batch), G gates, Hin = P if a projection else H:
 
-    gx: [N, G*H]   w_hh: [G*H, Hin]   w_hr: [P, H]   h0: [B, Hin]   c0: [B, H]   batch_sizes: int64 [T] (CPU)
+    x: [N, I]      w_ih: [G*H, I]     b_ih, b_hh: [G*H]   gx: [N, G*H] (inside)
+    w_hh: [G*H, Hin]   w_hr: [P, H]   h0: [B, Hin]   c0: [B, H]   batch_sizes: int64 [T] (CPU)
     y: [N, Hin]    h_n: [B, Hin]      c_n: [B, H]
 
 The forward also returns the workspace its backward needs (empty tensors when save_workspace is False,
 i.e. in inference). The backward is a custom op too, so torch.compile and opcheck see both as opaque ops;
-the weight gradients are single GEMMs over all steps (pyrnn::gemm on the CPU; on GPUs torch's, or for float32
-cuBLAS in TF32 where torch.nn's cuDNN layers would use TF32: _cudnn_rnn_uses_tf32).
+the weight gradients and dx are single GEMMs over all steps (pyrnn::gemm on the CPU; on GPUs torch's, or for
+float32 cuBLAS in TF32 where torch.nn's cuDNN layers would use TF32: _cudnn_rnn_uses_tf32). Under
+create_graph=True the backward differentiates a recomputation in torch's ops instead (pyrnn/composite.py), so
+that the gradients it returns can be differentiated again.
 
 Cells (one step, CPU) are a single op, pyrnn::cell: its kernel also computes the input projection, and its
 backward dx and the weight gradients, so a cell call is one trip into C++ each way.
@@ -28,9 +31,11 @@ import os
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from . import backend as _backend
+from . import composite as _composite
 from ._ext import cpu_kernels
 from .kernels import host_common as _host_common
 
@@ -38,7 +43,6 @@ __all__ = [
     "cell",
     "cell_backward",
     "gemm",
-    "linear",
     "lstm_layer",
     "lstm_layer_backward",
     "gru_layer",
@@ -273,62 +277,39 @@ def _projection_bias(bias: Optional[Tensor], hidden_bias: Optional[Tensor], hidd
     return torch.cat([bias[:hidden_rows] + hidden_bias[:hidden_rows], bias[hidden_rows:]])
 
 
-def _linear_impl(
-    x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, hidden_bias: Optional[Tensor] = None,
-    hidden_rows: int = 0,
-) -> Tensor:
-    """x [N, I] @ weight [O, I]^T + bias [O] (+ hidden_bias [O] on outputs [0, hidden_rows)): the input projection
-    of all steps at once, with the hidden biases that fold into it (LSTM, RNN: all of b_hh; GRU: its r and z
-    rows, 2H, since b_hn sits inside r * (...))."""
-    return _gemm_impl(x, weight.t(), _projection_bias(bias, hidden_bias, hidden_rows))
+def _projection(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], hidden_rows: int) -> Tensor:
+    """gx [N, G*H] = x [N, I] @ w_ih [G*H, I]^T + b_ih (+ b_hh on outputs [0, hidden_rows)): the input projection
+    of all steps at once, with the hidden biases that fold into it (LSTM, RNN: all of b_hh; GRU: its r and z rows,
+    2H, since b_hn sits inside r * (...)). A layer's own buffer (only its recurrence reads it): from the workspace
+    cache."""
+    if x.dim() != 2 or w_ih.dim() != 2 or x.shape[1] != w_ih.shape[1]:
+        raise _error(f"x must be [N, I] and w_ih [G*H, I], got {tuple(x.shape)} and {tuple(w_ih.shape)}")
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None and tuple(b.shape) != (w_ih.shape[0],):
+            raise _error(f"{name} must be [{w_ih.shape[0]}], got {tuple(b.shape)}")
+    return _gemm(x, w_ih.t(), _projection_bias(b_ih, b_hh, hidden_rows), _workspace)
 
 
-def _projection_impl(
-    x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, hidden_bias: Optional[Tensor] = None,
-    hidden_rows: int = 0,
-) -> Tensor:
-    # _linear_impl for the eager path, where the result is the layer's own gx (consumed by its recurrence, never
-    # seen by the user): the [N, G*H] buffer comes from the workspace cache.
-    return _gemm(x, weight.t(), _projection_bias(bias, hidden_bias, hidden_rows), _workspace)
-
-
-linear = torch.library.custom_op("pyrnn::linear", _linear_impl, mutates_args=())
-
-
-@linear.register_fake
-def _(x, weight, bias=None, hidden_bias=None, hidden_rows=0):
-    return x.new_empty(x.shape[0], weight.shape[0])
-
-
-def _linear_setup_context(ctx, inputs, output):
-    x, weight, bias, hidden_bias, hidden_rows = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.has_bias, ctx.has_hidden_bias, ctx.hidden_rows = bias is not None, hidden_bias is not None, hidden_rows
-
-
-def _linear_backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    need = ctx.needs_input_grad  # x, weight, bias, hidden_bias, hidden_rows
-    dx = _call(gemm, grad, weight) if need[0] else None  # [N, O] @ [O, I]
-    dw = _call(gemm, grad.t(), x) if need[1] else None  # [O, N] @ [N, I]
-    wants_db = ctx.has_bias and need[2]
-    wants_dhb = ctx.has_hidden_bias and need[3]
-    db = grad.sum(0) if wants_db or wants_dhb else None
-    dhb = None
-    if wants_dhb:  # the hidden bias's gradient: db on its folded rows, zero on the others
-        r = ctx.hidden_rows
-        dhb = db if r >= db.shape[0] else torch.cat([db[:r], db.new_zeros(db.shape[0] - r)])
-    return dx, dw, db if wants_db else None, dhb, None
-
-
-linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+def _projection_backward(ctx, d_gates: Tensor, x: Tensor, w_ih: Tensor) -> tuple:
+    """The gradients of a layer op's first four inputs x, w_ih, b_ih, b_hh from d_gates = dL/dgx [N, G*H]: dx
+    [N, I], dw_ih [G*H, I], db_ih [G*H] and db_hh [G*H] as far as it folds into gx (all of it but GRU's b_hn,
+    whose caller completes it), each None where not needed."""
+    need = ctx.needs_input_grad
+    dx = _call(gemm, d_gates, w_ih) if need[0] else None  # [N, G*H] @ [G*H, I]
+    dw_ih = _call(gemm, d_gates.t(), x) if need[1] else None  # [G*H, N] @ [N, I]: all steps at once
+    want_b_ih, want_b_hh = ctx.has_b_ih and need[2], ctx.has_b_hh and need[3]
+    db = d_gates.sum(0) if want_b_ih or want_b_hh else None
+    return dx, dw_ih, db if want_b_ih else None, db if want_b_hh else None
 
 
 # ----------------------------------------------------------------------------------------------------- LSTM
 
 
 def _lstm_layer_impl(
-    gx: Tensor,
+    x: Tensor,
+    w_ih: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
     w_hh: Tensor,
     w_hr: Optional[Tensor],
     h0: Tensor,
@@ -337,8 +318,16 @@ def _lstm_layer_impl(
     reverse: bool,
     save_workspace: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """LSTM recurrence. Returns y, h_n, c_n and the workspace (cell [N,H], proj_in [N,H] (P>0),
-    gates [N,4H], h_prev [N,Hin]); without save_workspace (inference) cell, gates and h_prev are empty."""
+    """LSTM layer-direction: input projection and recurrence. Returns y, h_n, c_n and the workspace (cell [N,H],
+    proj_in [N,H] (P>0), gates [N,4H], h_prev [N,Hin]); without save_workspace (inference) cell, gates and h_prev
+    are empty."""
+    _check_device_and_dtype(x)
+    gx = _projection(x, w_ih, b_ih, b_hh, w_hh.shape[0])  # [N, 4H]
+    return _lstm_recurrence(gx, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace)
+
+
+def _lstm_recurrence(gx, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace):
+    # _lstm_layer_impl from the input projection gx [N, 4H] on (bench/ab_kernels.py times it alone).
     backend = _check_device_and_dtype(gx)
     _validate(gx, 4, w_hh, h0, batch_sizes, c0=c0, w_hr=w_hr)
     if backend in ("triton", "cuda"):
@@ -374,18 +363,18 @@ lstm_layer = torch.library.custom_op("pyrnn::lstm_layer", _lstm_layer_impl, muta
 
 
 @lstm_layer.register_fake
-def _(gx, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace):
-    N, H, B = gx.shape[0], w_hh.shape[0] // 4, h0.shape[0]
+def _(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace):
+    N, H, B = x.shape[0], w_hh.shape[0] // 4, h0.shape[0]
     P = 0 if w_hr is None else w_hr.shape[0]
     Hin = P if P > 0 else H
     return (
-        gx.new_empty(N, Hin),
-        gx.new_empty(B, Hin),
-        gx.new_empty(B, H),
-        gx.new_empty(N, H) if save_workspace else gx.new_empty(0),
-        gx.new_empty(N, H) if P > 0 else gx.new_empty(0),
-        gx.new_empty(N, 4 * H) if save_workspace else gx.new_empty(0),
-        gx.new_empty(N, Hin) if save_workspace else gx.new_empty(0),
+        x.new_empty(N, Hin),
+        x.new_empty(B, Hin),
+        x.new_empty(B, H),
+        x.new_empty(N, H) if save_workspace else x.new_empty(0),
+        x.new_empty(N, H) if P > 0 else x.new_empty(0),
+        x.new_empty(N, 4 * H) if save_workspace else x.new_empty(0),
+        x.new_empty(N, Hin) if save_workspace else x.new_empty(0),
     )
 
 
@@ -453,15 +442,18 @@ def _(dy, dh_n, dc_n, w_hh, w_hr, c0, batch_sizes, reverse, cell, proj_in, gates
 
 
 def _lstm_setup_context(ctx, inputs, output):
-    gx, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace = inputs
+    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes, reverse, save_workspace = inputs
     y, h_n, c_n, cell, proj_in, gates, h_prev = output
     _workspace_has_no_grad(ctx, cell, proj_in, gates, h_prev)
-    ctx.save_for_backward(w_hh, w_hr, c0, batch_sizes, cell, proj_in, gates, h_prev)
-    ctx.reverse = reverse
+    ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes, cell, proj_in, gates, h_prev)
+    ctx.reverse, ctx.has_b_ih, ctx.has_b_hh = reverse, b_ih is not None, b_hh is not None
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, *_workspace_grads):
-    w_hh, w_hr, c0, batch_sizes, cell, proj_in, gates, h_prev = ctx.saved_tensors
+    x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes, cell, proj_in, gates, h_prev = ctx.saved_tensors
+    if _records_graph():
+        return _composite_backward(ctx, "LSTM", (dy, dh_n, dc_n), x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0,
+                                   batch_sizes)
     N, B, Hin = cell.shape[0], c0.shape[0], w_hh.shape[1]
     dy = _zeros_if_none(dy, cell.new_empty(N, Hin))
     dh_n = _zeros_if_none(dh_n, c0.new_empty(B, Hin))
@@ -471,7 +463,8 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, *_workspace_grads):
     )
     dw_hh = _call(gemm, d_gates.t(), h_prev)  # [4H, Hin]: sum over all steps at once
     dw_hr = None if w_hr is None else _call(gemm, dh_total.t(), proj_in)  # [P, H]
-    return d_gates, dw_hh, dw_hr, dh0, dc0, None, None, None
+    dx, dw_ih, db_ih, db_hh = _projection_backward(ctx, d_gates, x, w_ih)
+    return dx, dw_ih, db_ih, db_hh, dw_hh, dw_hr, dh0, dc0, None, None, None
 
 
 lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
@@ -481,16 +474,28 @@ lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
 
 
 def _gru_layer_impl(
-    gx: Tensor,
+    x: Tensor,
+    w_ih: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
     w_hh: Tensor,
-    b_hn: Optional[Tensor],
     h0: Tensor,
     batch_sizes: Tensor,
     reverse: bool,
     save_workspace: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """GRU recurrence; gx holds W_ih x + b_ih + [b_hr, b_hz, 0]. Returns y, h_n and the workspace
-    (gates r,z,n [N,3H], gh_n = W_hn h + b_hn [N,H], h_prev [N,H])."""
+    """GRU layer-direction: input projection and recurrence. Returns y, h_n and the workspace (gates r,z,n [N,3H],
+    gh_n = W_hn h + b_hn [N,H], h_prev [N,H])."""
+    _check_device_and_dtype(x)
+    H = w_hh.shape[0] // 3
+    # b_hn sits inside r * (W_hn h + b_hn): only the r and z hidden biases fold into the projection.
+    gx = _projection(x, w_ih, b_ih, b_hh, 2 * H)  # [N, 3H] = W_ih x + b_ih + [b_hr, b_hz, 0]
+    b_hn = None if b_hh is None else b_hh[2 * H :]
+    return _gru_recurrence(gx, w_hh, b_hn, h0, batch_sizes, reverse, save_workspace)
+
+
+def _gru_recurrence(gx, w_hh, b_hn, h0, batch_sizes, reverse, save_workspace):
+    # _gru_layer_impl from the input projection gx [N, 3H] on (bench/ab_kernels.py times it alone).
     backend = _check_device_and_dtype(gx)
     _validate(gx, 3, w_hh, h0, batch_sizes, b_hn=b_hn)
     if backend in ("triton", "cuda"):
@@ -518,10 +523,10 @@ gru_layer = torch.library.custom_op("pyrnn::gru_layer", _gru_layer_impl, mutates
 
 
 @gru_layer.register_fake
-def _(gx, w_hh, b_hn, h0, batch_sizes, reverse, save_workspace):
-    N, H, B = gx.shape[0], w_hh.shape[0] // 3, h0.shape[0]
-    ws = (lambda *s: gx.new_empty(*s)) if save_workspace else (lambda *s: gx.new_empty(0))
-    return gx.new_empty(N, H), gx.new_empty(B, H), ws(N, 3 * H), ws(N, H), ws(N, H)
+def _(x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, reverse, save_workspace):
+    N, H, B = x.shape[0], w_hh.shape[0] // 3, h0.shape[0]
+    ws = (lambda *s: x.new_empty(*s)) if save_workspace else (lambda *s: x.new_empty(0))
+    return x.new_empty(N, H), x.new_empty(B, H), ws(N, 3 * H), ws(N, H), ws(N, H)
 
 
 def _gru_layer_backward_impl(
@@ -568,23 +573,26 @@ def _(dy, dh_n, w_hh, batch_sizes, reverse, gates, gh_n, h_prev):
 
 
 def _gru_setup_context(ctx, inputs, output):
-    gx, w_hh, b_hn, h0, batch_sizes, reverse, save_workspace = inputs
+    x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, reverse, save_workspace = inputs
     y, h_n, gates, gh_n, h_prev = output
     _workspace_has_no_grad(ctx, gates, gh_n, h_prev)
-    ctx.save_for_backward(w_hh, h0, batch_sizes, gates, gh_n, h_prev)
-    ctx.reverse = reverse
-    ctx.has_b_hn = b_hn is not None
+    ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, gates, gh_n, h_prev)
+    ctx.reverse, ctx.has_b_ih, ctx.has_b_hh = reverse, b_ih is not None, b_hh is not None
 
 
 def _gru_backward(ctx, dy, dh_n, *_workspace_grads):
-    w_hh, h0, batch_sizes, gates, gh_n, h_prev = ctx.saved_tensors
+    x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, gates, gh_n, h_prev = ctx.saved_tensors
+    if _records_graph():
+        return _composite_backward(ctx, "GRU", (dy, dh_n), x, w_ih, b_ih, b_hh, w_hh, None, h0, None, batch_sizes)
     H = w_hh.shape[0] // 3
     dy = _zeros_if_none(dy, gates.new_empty(gates.shape[0], H))
     dh_n = _zeros_if_none(dh_n, h0)
     d_gates, d_gates_h, dh0 = _call(gru_layer_backward, dy, dh_n, w_hh, batch_sizes, ctx.reverse, gates, gh_n, h_prev)
     dw_hh = _call(gemm, d_gates_h.t(), h_prev)  # [3H, H]
-    db_hn = d_gates_h[:, 2 * H :].sum(0) if ctx.has_b_hn else None
-    return d_gates, dw_hh, db_hn, dh0, None, None, None
+    dx, dw_ih, db_ih, db_hh = _projection_backward(ctx, d_gates, x, w_ih)
+    if db_hh is not None:  # b_hr, b_hz fold into gx; b_hn's gradient is r * dn, which d_gates_h holds
+        db_hh = torch.cat([db_hh[: 2 * H], d_gates_h[:, 2 * H :].sum(0)])
+    return dx, dw_ih, db_ih, db_hh, dw_hh, dh0, None, None, None
 
 
 gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup_context)
@@ -594,7 +602,10 @@ gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup_context)
 
 
 def _rnn_layer_impl(
-    gx: Tensor,
+    x: Tensor,
+    w_ih: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
     w_hh: Tensor,
     h0: Tensor,
     batch_sizes: Tensor,
@@ -602,7 +613,14 @@ def _rnn_layer_impl(
     relu: bool,
     save_workspace: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Elman RNN recurrence (tanh, or relu); gx holds W_ih x + b_ih + b_hh. Returns y, h_n, h_prev [N,H]."""
+    """Elman RNN layer-direction (tanh, or relu): input projection and recurrence. Returns y, h_n, h_prev [N,H]."""
+    _check_device_and_dtype(x)
+    gx = _projection(x, w_ih, b_ih, b_hh, w_hh.shape[0])  # [N, H] = W_ih x + b_ih + b_hh
+    return _rnn_recurrence(gx, w_hh, h0, batch_sizes, reverse, relu, save_workspace)
+
+
+def _rnn_recurrence(gx, w_hh, h0, batch_sizes, reverse, relu, save_workspace):
+    # _rnn_layer_impl from the input projection gx [N, H] on (bench/ab_kernels.py times it alone).
     backend = _check_device_and_dtype(gx)
     _validate(gx, 1, w_hh, h0, batch_sizes)
     if backend in ("triton", "cuda"):
@@ -628,9 +646,9 @@ rnn_layer = torch.library.custom_op("pyrnn::rnn_layer", _rnn_layer_impl, mutates
 
 
 @rnn_layer.register_fake
-def _(gx, w_hh, h0, batch_sizes, reverse, relu, save_workspace):
-    N, H, B = gx.shape[0], w_hh.shape[0], h0.shape[0]
-    return gx.new_empty(N, H), gx.new_empty(B, H), gx.new_empty(N, H) if save_workspace else gx.new_empty(0)
+def _(x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, reverse, relu, save_workspace):
+    N, H, B = x.shape[0], w_hh.shape[0], h0.shape[0]
+    return x.new_empty(N, H), x.new_empty(B, H), x.new_empty(N, H) if save_workspace else x.new_empty(0)
 
 
 def _rnn_layer_backward_impl(
@@ -681,24 +699,29 @@ def _(dy, dh_n, w_hh, y, h_prev, h_n, batch_sizes, reverse, relu):
 
 
 def _rnn_setup_context(ctx, inputs, output):
-    gx, w_hh, h0, batch_sizes, reverse, relu, save_workspace = inputs
+    x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, reverse, relu, save_workspace = inputs
     y, h_n, h_prev = output
     _workspace_has_no_grad(ctx, h_prev)
     # The CPU backward reads every step's output from h_prev and h_n, not from y: y is the caller's, who may
     # change it in place before the backward, as torch.nn.RNN allows. The GPU kernels read y.
-    keep_y = _backend.select(gx) != "cpu"
-    ctx.save_for_backward(w_hh, h0, batch_sizes, y if keep_y else y.new_empty(0), h_prev, h_n)
+    keep_y = _backend.select(x) != "cpu"
+    ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, y if keep_y else y.new_empty(0), h_prev, h_n)
     ctx.reverse, ctx.relu, ctx.rows = reverse, relu, y.shape[0]
+    ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
 
 
 def _rnn_backward(ctx, dy, dh_n, _h_prev_grad):
-    w_hh, h0, batch_sizes, y, h_prev, h_n = ctx.saved_tensors
+    x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, y, h_prev, h_n = ctx.saved_tensors
+    if _records_graph():
+        mode = "RNN_RELU" if ctx.relu else "RNN_TANH"
+        return _composite_backward(ctx, mode, (dy, dh_n), x, w_ih, b_ih, b_hh, w_hh, None, h0, None, batch_sizes)
     _require_workspace(h_prev, ctx.rows, "rnn_layer")
     dy = _zeros_if_none(dy, h_prev.new_empty(ctx.rows, w_hh.shape[0]))
     dh_n = _zeros_if_none(dh_n, h0)
     d_gates, dh0 = _call(rnn_layer_backward, dy, dh_n, w_hh, y, h_prev, h_n, batch_sizes, ctx.reverse, ctx.relu)
     dw_hh = _call(gemm, d_gates.t(), h_prev)  # [H, H]
-    return d_gates, dw_hh, dh0, None, None, None, None
+    dx, dw_ih, db_ih, db_hh = _projection_backward(ctx, d_gates, x, w_ih)
+    return dx, dw_ih, db_ih, db_hh, dw_hh, dh0, None, None, None, None
 
 
 rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
@@ -894,14 +917,18 @@ def _cell_setup_context(ctx, inputs, output):
     # before the backward, as torch.nn's LSTMCell and GRUCell allow.
     if mode in ("LSTM", "GRU"):
         h, c = h.new_empty(0), c.new_empty(0)
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, h, c, gates, gh_n)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, gh_n)
     ctx.mode, ctx.has_bias = mode, b_ih is not None
 
 
 def _cell_backward(ctx, dh, dc, *_workspace_grads):
-    x, h0, c0, w_ih, w_hh, h, c, gates, gh_n = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, gh_n = ctx.saved_tensors
     mode = ctx.mode
     need = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace
+    if _records_graph():
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        grads = _differentiate(lambda: _composite.cell(mode, *inputs), (dh, dc), inputs, need[1:8])
+        return (None, *grads, None)
     dh = _zeros_if_none(dh, h0)
     dc = _zeros_if_none(dc, h0.new_empty(h0.shape[0], w_hh.shape[1])) if mode == "LSTM" else None
     weight_grads = any(need[4:8])
@@ -914,6 +941,54 @@ def _cell_backward(ctx, dh, dc, *_workspace_grads):
 
 
 cell.register_autograd(_cell_backward, setup_context=_cell_setup_context)
+
+
+# ------------------------------------------------------------------------------ a backward autograd records
+#
+# The kernels' backward records no graph. Where autograd asks for one (create_graph=True: double backward,
+# gradient penalties, Hessian-vector products) the backward instead recomputes the op's forward from its inputs
+# with torch's matmul and pointwise ops (pyrnn/composite.py) and differentiates that with autograd, which records
+# it. The inputs come back from ctx with their history, so the gradients it returns are differentiable in all of
+# them: x, the weights, h0, c0 and the incoming gradients.
+
+
+def _records_graph() -> bool:
+    """Whether this backward runs under create_graph=True in plain autograd (not compiling, tracing or inside a
+    torch.func transform, which handle the kernels' backward themselves or refuse)."""
+    return (torch.is_grad_enabled() and not _compiling_tracing_or_mode()
+            and not torch._C._are_functorch_transforms_active())
+
+
+def _differentiate(forward, outputs_grads: tuple, inputs: tuple, needs: tuple) -> list:
+    """Gradients of inputs[k] where needs[k] (None elsewhere) of the outputs forward() recomputes, against the
+    incoming outputs_grads (None where autograd reached no output), recording autograd's graph of them."""
+    wanted = [k for k, t in enumerate(inputs) if t is not None and needs[k]]
+    grads = [None] * len(inputs)
+    with torch.enable_grad():
+        outputs = forward()
+    pairs = [(o, g) for o, g in zip(outputs, outputs_grads) if o is not None and g is not None]
+    if not wanted or not pairs:
+        return grads
+    found = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted], [g for _, g in pairs],
+                                create_graph=True, allow_unused=True)
+    for k, g in zip(wanted, found):
+        grads[k] = g
+    return grads
+
+
+def _composite_backward(ctx, mode, outputs_grads, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes) -> tuple:
+    """A layer op's backward under create_graph=True: its gradients in the order of its inputs."""
+    inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0)
+    need = ctx.needs_input_grad  # the op's inputs: x, w_ih, b_ih, b_hh, w_hh, (w_hr,) h0, (c0,) ...
+    needs = need[:8] if mode == "LSTM" else (*need[:5], False, need[5], False)
+    grads = _differentiate(
+        lambda: _composite.layer(mode, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes, ctx.reverse),
+        outputs_grads, inputs, needs)
+    if mode == "LSTM":
+        return (*grads, None, None, None)  # batch_sizes, reverse, save_workspace
+    dx, dw_ih, db_ih, db_hh, dw_hh, _, dh0, _ = grads
+    rest = (None, None, None, None) if mode.startswith("RNN") else (None, None, None)  # (relu,) flags
+    return (dx, dw_ih, db_ih, db_hh, dw_hh, dh0, *rest)
 
 
 # ------------------------------------------------------------------------------------------- eager calls
@@ -956,6 +1031,21 @@ def _grad_transform_level() -> Optional[int]:
     return None
 
 
+def needs_composite() -> bool:
+    """Whether a call must run pyrnn.composite (torch's ops) instead of the kernels, because what differentiates it
+    needs more than one backward: forward-mode AD (a dual level; torch.func.jvp, jacfwd, hessian) or torch.func.grad
+    / vjp nested in or around another transform (grad of grad, vmap over grad). The kernels serve one grad level
+    (_FUNCTORCH) and vmap alone (its loop over the registered ops); under them a forward-mode tangent would be
+    dropped, silently, and an outer grad would take the inner gradient as constant."""
+    if _forward_ad._current_level >= 0:
+        return True
+    if not torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return False
+    kinds = [level.key() for level in torch._C._functorch.get_interpreter_stack() or []]
+    T = torch._C._functorch.TransformType
+    return T.Jvp in kinds or (T.Grad in kinds and len(kinds) > 1)
+
+
 def _eager_function(op, impl, setup_context, backward, functorch: bool = False) -> type:
     # functorch=True: forward without ctx and setup_context apart, the form torch.func's transforms accept. Plain
     # eager calls keep the older form: the separate setup_context costs ~19 us more per call (a two-layer GRU
@@ -985,7 +1075,6 @@ _IMPLS = {
 }
 # Differentiable ops: (the implementation eager calls run, setup_context, backward).
 _DIFFERENTIABLE = {
-    linear: (_projection_impl, _linear_setup_context, _linear_backward),
     lstm_layer: (_lstm_layer_impl, _lstm_setup_context, _lstm_backward),
     gru_layer: (_gru_layer_impl, _gru_setup_context, _gru_backward),
     rnn_layer: (_rnn_layer_impl, _rnn_setup_context, _rnn_backward),
@@ -1015,21 +1104,17 @@ def _call(op, *args):
 
 
 def apply(op, *args):
-    """Runs a differentiable pyrnn op (linear, lstm_layer, gru_layer, rnn_layer, cell) with positional arguments:
-    in plain eager mode through its autograd.Function (or its implementation alone when grad mode is off or no
-    argument requires grad), under one torch.func.grad level through its functorch-form autograd.Function, through
-    the registered custom op otherwise. Same implementation, same backward either way (except that an eager
-    linear's result, a layer's gx, lives in the workspace cache)."""
+    """Runs a differentiable pyrnn op (lstm_layer, gru_layer, rnn_layer, cell) with positional arguments: in plain
+    eager mode through its autograd.Function (or its implementation alone when grad mode is off or no argument
+    requires grad), under one torch.func.grad level through its functorch-form autograd.Function, through the
+    registered custom op otherwise. Same implementation, same backward either way."""
+    if needs_composite():
+        raise RuntimeError(f"pyrnn: {op._name} cannot run under forward-mode AD or nested torch.func transforms; "
+                           "pyrnn's modules and pyrnn.functional can (they run pyrnn.composite there)")
     if _plain(args):
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
             return _EAGER[op].apply(*args)
         return _DIFFERENTIABLE[op][0](*args)  # nothing for autograd to record: the implementation alone
     if _grad_transform_level() is not None:  # torch.func.grad / vjp (functional_call training loops)
         return _FUNCTORCH[op].apply(*args)
-    if not torch.compiler.is_compiling() and any(
-        level.key() == torch._C._functorch.TransformType.Grad
-        for level in torch._C._functorch.get_interpreter_stack() or []
-    ):
-        raise RuntimeError("pyrnn: torch.func.grad / vjp differentiate pyrnn's ops one level deep only: no grad of "
-                           "grad (pyrnn has no double backward) and no vmap over grad")
     return op(*args)

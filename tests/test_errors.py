@@ -163,17 +163,20 @@ def test_hidden_dtype_mismatch_raises_runtime_error(name):
 
 def test_ops_reject_inconsistent_shapes():
     """The ops read raw pointers: inconsistent shapes must raise before any kernel runs."""
-    gx, w_hh, h0, c0 = torch.randn(6, 8), torch.randn(8, 2), torch.randn(3, 2), torch.randn(3, 2)
+    x, w_ih, w_hh, h0, c0 = torch.randn(6, 5), torch.randn(8, 5), torch.randn(8, 2), torch.randn(3, 2), torch.randn(3, 2)
     good = torch.tensor([3, 3])
-    pyrnn.ops.lstm_layer(gx, w_hh, None, h0, c0, good, False, False)
+    pyrnn.ops.lstm_layer(x, w_ih, None, None, w_hh, None, h0, c0, good, False, False)
     bad_calls = [
-        lambda: pyrnn.ops.lstm_layer(gx, w_hh, None, h0, c0, torch.tensor([3, 2]), False, False),
-        lambda: pyrnn.ops.lstm_layer(gx, w_hh, None, h0, c0, torch.tensor([2, 4]), False, False),
-        lambda: pyrnn.ops.lstm_layer(gx, w_hh, None, h0[:2], c0, good, False, False),
-        lambda: pyrnn.ops.lstm_layer(gx[:, :7], w_hh, None, h0, c0, good, False, False),
-        lambda: pyrnn.ops.lstm_layer(gx, w_hh, None, h0, c0[:, :1], good, False, False),
-        lambda: pyrnn.ops.gru_layer(torch.randn(6, 6), torch.randn(6, 2), torch.randn(3), h0, good, False, False),
-        lambda: pyrnn.ops.rnn_layer(torch.randn(6, 2), torch.randn(2, 3), h0, good, False, False, False),
+        lambda: pyrnn.ops.lstm_layer(x, w_ih, None, None, w_hh, None, h0, c0, torch.tensor([3, 2]), False, False),
+        lambda: pyrnn.ops.lstm_layer(x, w_ih, None, None, w_hh, None, h0, c0, torch.tensor([2, 4]), False, False),
+        lambda: pyrnn.ops.lstm_layer(x, w_ih, None, None, w_hh, None, h0[:2], c0, good, False, False),
+        lambda: pyrnn.ops.lstm_layer(x, w_ih[:7], None, None, w_hh, None, h0, c0, good, False, False),
+        lambda: pyrnn.ops.lstm_layer(x, w_ih[:, :4], None, None, w_hh, None, h0, c0, good, False, False),
+        lambda: pyrnn.ops.lstm_layer(x, w_ih, None, None, w_hh, None, h0, c0[:, :1], good, False, False),
+        lambda: pyrnn.ops.gru_layer(x, torch.randn(6, 5), None, torch.randn(7), torch.randn(6, 2), h0, good, False,
+                                    False),
+        lambda: pyrnn.ops.rnn_layer(x, torch.randn(2, 5), None, None, torch.randn(2, 3), h0, good, False, False,
+                                    False),
         lambda: pyrnn.ops.lstm_layer_backward(torch.randn(5, 2), h0, c0, w_hh, None, c0, good, False,
                                               torch.randn(6, 2), torch.empty(0), torch.randn(6, 8)),
     ]

@@ -1,10 +1,11 @@
-"""float64 torch.autograd.gradcheck through pyrnn's layers and cells on small inputs."""
+"""float64 torch.autograd.gradcheck through pyrnn's layers and cells on small inputs, and gradgradcheck (the
+backward under create_graph=True, pyrnn.composite's recomputation, differentiated again)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.autograd import gradcheck
+from torch.autograd import gradcheck, gradgradcheck
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import pyrnn
@@ -21,8 +22,9 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("check", [gradcheck, gradgradcheck], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("name,kw,packed", CASES, ids=lambda v: str(v))
-def test_gradcheck_layers(name, kw, packed):
+def test_gradcheck_layers(name, kw, packed, check):
     torch.manual_seed(0)
     m = getattr(pyrnn, name)(3, 4, dtype=torch.float64, **kw)
     D = 2 if kw.get("bidirectional") else 1
@@ -44,11 +46,12 @@ def test_gradcheck_layers(name, kw, packed):
             return (out, *hidden) if isinstance(hidden, tuple) else (out, hidden)
 
     with forbid_torch_rnn():
-        assert gradcheck(fn, (x, h0, c0, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+        assert check(fn, (x, h0, c0, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.parametrize("check", [gradcheck, gradgradcheck], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_gradcheck_cells(name):
+def test_gradcheck_cells(name, check):
     torch.manual_seed(0)
     m = getattr(pyrnn, name)(3, 5, dtype=torch.float64)
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
@@ -59,4 +62,4 @@ def test_gradcheck_cells(name):
         return m(x, (h, c)) if name == "LSTMCell" else m(x, h)
 
     with forbid_torch_rnn():
-        assert gradcheck(fn, (x, h, c), eps=1e-6, atol=1e-7, rtol=1e-5)
+        assert check(fn, (x, h, c), eps=1e-6, atol=1e-7, rtol=1e-5)

@@ -98,16 +98,6 @@ def test_torch_func_grad_matches_torch_nn(name, kw):
         torch.testing.assert_close(got[k], expected[k], rtol=2e-5, atol=2e-5, msg=k)
 
 
-def test_torch_func_grad_of_grad_fails_clearly():
-    from torch.func import functional_call, grad
-
-    m = pyrnn.GRU(4, 5)
-    params = {k: v.detach() for k, v in m.named_parameters()}
-    inner = lambda x: grad(lambda x2: functional_call(m, params, (x2,))[0].pow(2).sum())(x).sum()  # noqa: E731
-    with pytest.raises(RuntimeError, match="one level deep only"):
-        grad(inner)(torch.randn(3, 2, 4))
-
-
 def test_onnx_export_fails_clearly():
     m = pyrnn.GRU(3, 5).eval()
     with pytest.raises(Exception, match="pyrnn::"):

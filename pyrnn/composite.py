@@ -1,0 +1,71 @@
+"""pyrnn's layers and cells as a composition of torch's matmul and pointwise ops, one step at a time.
+
+pyrnn's kernels compute a gradient but record no graph of how they did: what autograd needs when the backward
+itself is differentiated (create_graph=True: double backward, gradient penalties, Hessian-vector products). There
+the ops' backward (pyrnn/ops.py) recomputes the forward with these functions and lets autograd differentiate them,
+which records that graph. Same formulas as the kernels and torch.nn (../shared/spec/PARITY.md), none of torch's
+recurrent kernels; several times slower than pyrnn's kernels, so nothing else runs them.
+
+Shapes as in pyrnn.ops: x [N, I] packed time-major, step t owning rows [offset[t], offset[t] + batch_sizes[t]);
+w_ih [G*H, I], w_hh [G*H, Hin], w_hr [P, H], h0 [B, Hin], c0 [B, H].
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _affine(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    # x [B, K] @ w [M, K]^T + b [M]
+    return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+
+
+def step(mode: str, gx: Tensor, h: Tensor, c: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
+         w_hr: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+    """One step from gx = W_ih x + b_ih [B, G*H] and the state h [B, Hin] (c [B, H]): the new h (and c)."""
+    gh = _affine(h, w_hh, b_hh)  # [B, G*H]
+    if mode == "LSTM":
+        i, f, g, o = (gx + gh).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return (h if w_hr is None else h @ w_hr.t()), c
+    if mode == "GRU":
+        x_r, x_z, x_n = gx.chunk(3, dim=1)
+        h_r, h_z, h_n = gh.chunk(3, dim=1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        return (1 - z) * n + z * h, None
+    pre = gx + gh
+    return (torch.relu(pre) if mode == "RNN_RELU" else torch.tanh(pre)), None
+
+
+def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor,
+          w_hr: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], batch_sizes: Tensor, reverse: bool
+          ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One layer-direction. Returns y [N, Hin], h_n [B, Hin] and c_n [B, H] (LSTM) or None."""
+    sizes = batch_sizes.tolist()
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+    gx = _affine(x, w_ih, b_ih)  # [N, G*H]: all steps at once
+    h, c = h0, c0
+    ys: list = [None] * len(sizes)
+    # A row keeps its state where a step has fewer rows: forward, a finished row its last one; reverse, a row that
+    # has not begun its h0 (rows are sorted by length, so a step's rows are always the first batch_sizes[t]).
+    for t in (reversed(range(len(sizes))) if reverse else range(len(sizes))):
+        n = sizes[t]
+        h_t, c_t = step(mode, gx[offsets[t] : offsets[t + 1]], h[:n], None if c is None else c[:n], w_hh, b_hh, w_hr)
+        ys[t] = h_t
+        h = h_t if n == h.shape[0] else torch.cat([h_t, h[n:]])
+        if c is not None:
+            c = c_t if n == c.shape[0] else torch.cat([c_t, c[n:]])
+    return torch.cat(ys), h, c
+
+
+def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+         b_hh: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    """One step of a cell: x [B, I], h0 [B, H] (c0 [B, H]) -> h [B, H] (c [B, H])."""
+    return step(mode, _affine(x, w_ih, b_ih), h0, c0, w_hh, b_hh)
