@@ -37,7 +37,7 @@ def step(mode: str, gx: Tensor, h: Tensor, c: Optional[Tensor], w_hh: Tensor, b_
         h_r, h_z, h_n = gh.chunk(3, dim=1)
         r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
-        return (1 - z) * n + z * h, None
+        return n + z * (h - n), None  # = (1 - z) * n + z * h in one op fewer
     pre = gx + gh
     return (torch.relu(pre) if mode == "RNN_RELU" else torch.tanh(pre)), None
 
@@ -47,22 +47,28 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
           ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer-direction. Returns y [N, Hin], h_n [B, Hin] and c_n [B, H] (LSTM) or None."""
     sizes = batch_sizes.tolist()
-    offsets = [0]
-    for n in sizes:
-        offsets.append(offsets[-1] + n)
-    gx = _affine(x, w_ih, b_ih)  # [N, G*H]: all steps at once
+    # One split node (not a slice per step, whose backward would write each step's gradient into a zeroed
+    # copy of all of gx): gx [N, G*H] -> a view per step.
+    gx_steps = torch.split(_affine(x, w_ih, b_ih), sizes)
     h, c = h0, c0
     ys: list = [None] * len(sizes)
     # A row keeps its state where a step has fewer rows: forward, a finished row its last one; reverse, a row that
     # has not begun its h0 (rows are sorted by length, so a step's rows are always the first batch_sizes[t]).
     for t in (reversed(range(len(sizes))) if reverse else range(len(sizes))):
         n = sizes[t]
-        h_t, c_t = step(mode, gx[offsets[t] : offsets[t + 1]], h[:n], None if c is None else c[:n], w_hh, b_hh, w_hr)
+        if n == h.shape[0]:
+            h_t, c_t = step(mode, gx_steps[t], h, c, w_hh, b_hh, w_hr)
+            h, c = h_t, c_t
+        else:
+            (h_in, h_keep), (c_in, c_keep) = h.split([n, h.shape[0] - n]), _split(c, n)
+            h_t, c_t = step(mode, gx_steps[t], h_in, c_in, w_hh, b_hh, w_hr)
+            h, c = torch.cat([h_t, h_keep]), None if c is None else torch.cat([c_t, c_keep])
         ys[t] = h_t
-        h = h_t if n == h.shape[0] else torch.cat([h_t, h[n:]])
-        if c is not None:
-            c = c_t if n == c.shape[0] else torch.cat([c_t, c[n:]])
     return torch.cat(ys), h, c
+
+
+def _split(c: Optional[Tensor], n: int) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    return (None, None) if c is None else tuple(c.split([n, c.shape[0] - n]))
 
 
 def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
