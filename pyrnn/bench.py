@@ -46,6 +46,7 @@ class Case:
     device: str = "cpu"
     sweep: str = ""  # "B" or "H" for the --plot sweeps
     cells: bool = False  # LSTMCell/GRUCell/RNNCell called once per step from Python (T calls, state carried)
+    penalty: bool = False  # a gradient-penalty step: backward with create_graph=True, then a double backward
 
     @property
     def input_size(self) -> int:
@@ -59,11 +60,15 @@ class Case:
         extra += [self.dtype.replace("float", "f")] if self.dtype != "float32" else []  # f64, bf16, f16
         extra += ["GPU"] if self.device != "cpu" else []
         name = self.cell + "Cell" if self.cells else f"{self.cell:4s}"
-        return (f"{name} {'train' if self.train else 'infer'} T={self.T} B={self.B} H={self.H}"
+        mode = "penalty" if self.penalty else "train" if self.train else "infer"
+        return (f"{name} {mode} T={self.T} B={self.B} H={self.H}"
                 + (f" I={self.I}" if self.I else "") + (" " + " ".join(extra) if extra else ""))
 
     def flops(self) -> float:
-        """Multiply-adds x2 of the forward (x3 for forward+backward), input projection included."""
+        """Multiply-adds x2 of the forward (x3 for forward+backward), input projection included; 0 for a penalty
+        step (no standard count: its work depends on how each side builds the double backward)."""
+        if self.penalty:
+            return 0.0
         G, D, Hin = GATES[self.cell], 2 if self.bidirectional else 1, self.proj or self.H
         total = 0.0
         rows = self.T * self.B
@@ -120,7 +125,8 @@ def _cell_loop(cell: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def _step(module: nn.Module, make_input: Callable, train: bool, device: str) -> Callable[[], None]:
+def _step(module: nn.Module, make_input: Callable, train: bool, device: str, penalty: bool = False
+          ) -> Callable[[], None]:
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     if isinstance(module, nn.RNNCellBase):
         def run():
@@ -131,7 +137,16 @@ def _step(module: nn.Module, make_input: Callable, train: bool, device: str) -> 
                 total.backward()
             sync()
         return run
-    if train:
+    if penalty:
+        def run():  # loss + ||dloss/dx||^2, as WGAN-GP critics and input-gradient regularisers train
+            module.zero_grad(set_to_none=True)
+            x = make_input()
+            out, _ = module(x)
+            loss = out.square().mean()
+            (dx,) = torch.autograd.grad(loss, x, create_graph=True)
+            (loss + dx.square().sum()).backward()
+            sync()
+    elif train:
         def run():
             module.zero_grad(set_to_none=True)
             out, _ = module(make_input())
@@ -148,8 +163,8 @@ def _step(module: nn.Module, make_input: Callable, train: bool, device: str) -> 
 
 def time_case(case: Case, min_time: float = 1.0, min_samples: int = 5, max_samples: int = 50) -> Result:
     ref, ours, make_input = _build(case)
-    fns = {"torch": _step(ref, make_input, case.train, case.device),
-           "pyrnn": _step(ours, make_input, case.train, case.device)}
+    fns = {"torch": _step(ref, make_input, case.train, case.device, case.penalty),
+           "pyrnn": _step(ours, make_input, case.train, case.device, case.penalty)}
     for fn in fns.values():  # warm-up: allocations, weight packing, thread start
         fn()
     times = {"torch": [], "pyrnn": []}
@@ -172,6 +187,12 @@ def time_case(case: Case, min_time: float = 1.0, min_samples: int = 5, max_sampl
     p_ms = statistics.median(times["pyrnn"]) * 1e3
     fl = case.flops()
     return Result(case, t_ms, p_ms, t_ms / p_ms, fl / p_ms / 1e6, fl / t_ms / 1e6, n)
+
+
+def penalty_grid() -> list[Case]:
+    """Gradient-penalty steps (create_graph=True): the path pyrnn runs in torch's ops (pyrnn/composite.py), not in
+    its kernels; reported apart from the standard grid and left out of its summary."""
+    return [Case(cell, 35, 20, 200, layers=2, penalty=True) for cell in GATES]
 
 
 def standard_grid(quick: bool = False) -> list[Case]:
@@ -348,11 +369,11 @@ def format_table(results: list[Result], peak: Optional[float] = None) -> str:
     head += f" {'pyrnn %peak':>12s}" if peak else ""
     lines = [head, "-" * len(head)]
     for r in results:
-        line = (f"{r.case.label():48s} {r.torch_ms:12.2f} {r.pyrnn_ms:10.2f} {r.ratio:7.2f}x "
-                f"{r.pyrnn_gflops:11.1f} {r.torch_gflops:11.1f}")
+        gflops = f"{r.pyrnn_gflops:11.1f} {r.torch_gflops:11.1f}" if r.case.flops() else f"{'n/a':>11s} {'n/a':>11s}"
+        line = f"{r.case.label():48s} {r.torch_ms:12.2f} {r.pyrnn_ms:10.2f} {r.ratio:7.2f}x {gflops}"
         lines.append(line + (f" {_peak_share(r, peak):>12s}" if peak else ""))
     ratios = [r.ratio for r in results]
-    if ratios:
+    if ratios and not any(r.case.penalty for r in results):
         lines.append("-" * len(head))
         geo = statistics.geometric_mean(ratios)
         lines.append(f"median speedup {statistics.median(ratios):.2f}x, geometric mean {geo:.2f}x over {len(ratios)} cases")
@@ -365,7 +386,7 @@ def markdown_table(results: list[Result], peak: Optional[float] = None) -> str:
     rule = "|---|---:|---:|---:|---:|---:|" + ("---:|" if peak else "")
     lines = [head, rule]
     for r in results:
-        if r.case.sweep:
+        if r.case.sweep or r.case.penalty:
             continue
         line = (f"| {' '.join(r.case.label().split())} | {r.torch_ms:.2f} | {r.pyrnn_ms:.2f} | {r.ratio:.2f}x | "
                 f"{r.pyrnn_gflops:.0f} | {r.torch_gflops:.0f} |")
@@ -450,9 +471,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not sys.stderr.isatty():  # logs keep every finished case, also when a run is cut short
             r = results[-1]
             sys.stderr.write(f"    torch {r.torch_ms:.3f} ms, pyrnn {r.pyrnn_ms:.3f} ms, {r.ratio:.2f}x\n")
+    penalties = []
+    if not args.quick and not args.gpu_only:
+        for case in penalty_grid():
+            if not args.cell or case.cell in args.cell:
+                _progress(len(results) + len(penalties), len(cases) + 3, case.label())
+                penalties.append(time_case(case, min_time=args.min_time))
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(format_table(results, peak))
+    if penalties:
+        print("\nGradient-penalty steps (create_graph=True; pyrnn runs these in torch's ops, pyrnn/composite.py, "
+              "not in its kernels):")
+        print(format_table(penalties))
+    results += penalties
     info["peers"] = peers()
     for name, note in info["peers"].items():
         print(f"peer {name}: {note}")
