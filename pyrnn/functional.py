@@ -69,6 +69,9 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
 
     On the CPU (float32/float64) this is the fused cell op (input projection inside the kernel); elsewhere
     (GPUs, forced GPU backends, half types) the layer recurrence with T = 1."""
+    if torch.is_autocast_enabled(x.device.type):
+        with _without_autocast(x):
+            return cell(mode, x, h0, c0, w)
     if ops.needs_composite():
         return composite.cell(mode, x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
     if x.is_cpu and x.dtype in ops._KERNEL_DTYPES and _backend.get_backend() in ("auto", "cpu"):
@@ -80,6 +83,13 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
         return h, (c if mode == "LSTM" else None)
     h, _, c = layer_direction(mode, x, time_major_batch_sizes(1, x.shape[0]), h0, c0, w, reverse=False)
     return h, c
+
+
+def _without_autocast(x: Tensor):
+    # Under torch.autocast pyrnn computes in its inputs' own dtype: autocast would otherwise turn the few torch ops
+    # inside (small GEMMs, pyrnn.composite's matmuls) to bf16/fp16 and mix dtypes the kernels do not take.
+    # torch.nn's outputs there are bf16 or float32 depending on the layer (oneDNN's LSTM bf16, GRU float32).
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def recurrence(
@@ -99,6 +109,9 @@ def recurrence(
     Returns output [N, D*Hin], h_n [L*D, B, Hin], c_n [L*D, B, H] (LSTM) or None."""
     if mode not in MODES:
         raise ValueError(f"Unknown mode '{mode}'")
+    if torch.is_autocast_enabled(x.device.type):
+        with _without_autocast(x):
+            return recurrence(mode, x, batch_sizes, hx, cx, weights, num_layers, dropout, training, bidirectional)
     if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
         # The CPU kernels compute in float32 (as torch does for half types); gradients flow back through the casts.
         f32 = lambda t: None if t is None else t.float()  # noqa: E731

@@ -98,6 +98,37 @@ def test_torch_func_grad_matches_torch_nn(name, kw):
         torch.testing.assert_close(got[k], expected[k], rtol=2e-5, atol=2e-5, msg=k)
 
 
+@pytest.mark.parametrize("name,kw", [
+    ("LSTM", {"num_layers": 2}), ("LSTM", {"proj_size": 2}), ("GRU", {"bidirectional": True}), ("RNN", {}),
+    ("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}),
+], ids=str)
+def test_autocast_runs_in_the_inputs_dtype(name, kw):
+    """Under torch.autocast("cpu", bfloat16) pyrnn computes in float32 and returns float32, the same outputs and
+    gradients as without autocast; torch.nn's outputs there are bf16 or float32 depending on the layer, within
+    bf16 rounding of pyrnn's."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(3, 6, **kw)
+    ours = getattr(pyrnn, name)(3, 6, **kw)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3) if name.endswith("Cell") else torch.randn(5, 2, 3)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+
+    def run(module, autocast):
+        inp = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = first(module(inp))
+        (grad,) = torch.autograd.grad(out.float().square().sum(), inp)
+        return out, grad
+
+    with forbid_torch_rnn():
+        plain, plain_grad = run(ours, False)
+        mixed, mixed_grad = run(ours, True)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)
+    torch.testing.assert_close(mixed_grad, plain_grad)
+    torch.testing.assert_close(mixed, run(ref, True)[0].float(), rtol=0, atol=3e-2)
+
+
 def test_onnx_export_fails_clearly():
     m = pyrnn.GRU(3, 5).eval()
     with pytest.raises(Exception, match="pyrnn::"):
