@@ -69,7 +69,7 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
 
     On the CPU (float32/float64) this is the fused cell op (input projection inside the kernel); elsewhere
     (GPUs, forced GPU backends, half types) the layer recurrence with T = 1."""
-    if torch.is_autocast_enabled(x.device.type):
+    if _autocast_enabled(x):
         with _without_autocast(x):
             return cell(mode, x, h0, c0, w)
     if ops.needs_composite():
@@ -83,6 +83,10 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
         return h, (c if mode == "LSTM" else None)
     h, _, c = layer_direction(mode, x, time_major_batch_sizes(1, x.shape[0]), h0, c0, w, reverse=False)
     return h, c
+
+
+def _autocast_enabled(x: Tensor) -> bool:
+    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)  # (meta: no autocast)
 
 
 def _without_autocast(x: Tensor):
@@ -109,7 +113,7 @@ def recurrence(
     Returns output [N, D*Hin], h_n [L*D, B, Hin], c_n [L*D, B, H] (LSTM) or None."""
     if mode not in MODES:
         raise ValueError(f"Unknown mode '{mode}'")
-    if torch.is_autocast_enabled(x.device.type):
+    if _autocast_enabled(x):
         with _without_autocast(x):
             return recurrence(mode, x, batch_sizes, hx, cx, weights, num_layers, dropout, training, bidirectional)
     if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):

@@ -704,7 +704,7 @@ def _rnn_setup_context(ctx, inputs, output):
     _workspace_has_no_grad(ctx, h_prev)
     # The CPU backward reads every step's output from h_prev and h_n, not from y: y is the caller's, who may
     # change it in place before the backward, as torch.nn.RNN allows. The GPU kernels read y.
-    keep_y = _backend.select(x) != "cpu"
+    keep_y = not x.is_meta and _backend.select(x) != "cpu"
     ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, y if keep_y else y.new_empty(0), h_prev, h_n)
     ctx.reverse, ctx.relu, ctx.rows = reverse, relu, y.shape[0]
     ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
@@ -1008,9 +1008,11 @@ def _compiling_tracing_or_mode() -> bool:
 
 
 def _plain(args) -> bool:
+    # Meta tensors (shape-only: deferred initialisation, model summaries) take the registered ops, whose fake
+    # implementations serve them; the implementations would hand their null data pointers to the kernels.
     if _compiling_tracing_or_mode() or torch._C._are_functorch_transforms_active():
         return False
-    return all(type(a) in _PLAIN_TENSOR_TYPES for a in args if isinstance(a, Tensor))
+    return all(type(a) in _PLAIN_TENSOR_TYPES and not a.is_meta for a in args if isinstance(a, Tensor))
 
 
 plain_eager = _plain  # for callers that run an implementation directly (functional.cell's inference)

@@ -338,3 +338,32 @@ def test_outputs_changed_in_place(cell, kw):
         got = run(ours)
     for g, e in zip(got, expected):
         assert_close(g, e, dtype, "grad")
+
+
+@pytest.mark.parametrize("name,kw,packed", [
+    ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=2), False), ("LSTM", {}, True),
+    ("GRU", dict(batch_first=True), False), ("RNN", dict(nonlinearity="relu", bidirectional=True), True),
+    ("LSTMCell", {}, False), ("GRUCell", {}, False), ("RNNCell", {}, False),
+], ids=str)
+def test_meta_device_gives_torch_nn_shapes(name, kw, packed):
+    """Meta tensors (deferred initialisation, model summaries): outputs and the input's gradient with torch.nn's
+    shapes, no kernel touched (pyrnn's fake implementations serve them)."""
+    def shapes(lib):
+        m = getattr(lib, name)(3, 5, device="meta", **kw)
+        x = torch.randn(2, 3, device="meta") if name.endswith("Cell") else torch.randn(6, 4, 3, device="meta")
+        x.requires_grad_(True)
+        inp = pack_padded_sequence(x, torch.tensor([6, 5, 3, 1])) if packed else x
+        out = m(inp)
+        flat = [o.data if isinstance(o, PackedSequence) else o for o in _flatten(out)]
+        sum(o.sum() for o in flat).backward()
+        return [(tuple(o.shape), o.dtype, o.device.type) for o in flat + [x.grad]]
+
+    expected = shapes(nn)
+    with forbid_torch_rnn():
+        assert shapes(pyrnn) == expected
+
+
+def _flatten(out):
+    if isinstance(out, (tuple, list)) and not isinstance(out, PackedSequence):
+        return [t for o in out for t in _flatten(o)]
+    return [out]
