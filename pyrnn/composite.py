@@ -3,7 +3,9 @@
 pyrnn's kernels compute a gradient but record no graph of how they did: what autograd needs when the backward
 itself is differentiated (create_graph=True: double backward, gradient penalties, Hessian-vector products). There
 the ops' backward (pyrnn/ops.py) recomputes the forward with these functions and lets autograd differentiate them,
-which records that graph. Same formulas as the kernels and torch.nn (../shared/spec/PARITY.md), none of torch's
+which records that graph; so it does for gradients batched by is_grads_batched=True, whose tensors have no storage
+for the kernels to read. Forward-mode AD and nested torch.func transforms run these functions in place of the ops
+(pyrnn/functional.py). Same formulas as the kernels and torch.nn (../shared/spec/PARITY.md), none of torch's
 recurrent kernels; several times slower than pyrnn's kernels, so nothing else runs them.
 
 Shapes as in pyrnn.ops: x [N, I] packed time-major, step t owning rows [offset[t], offset[t] + batch_sizes[t]);

@@ -451,7 +451,7 @@ def _lstm_setup_context(ctx, inputs, output):
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, *_workspace_grads):
     x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes, cell, proj_in, gates, h_prev = ctx.saved_tensors
-    if _records_graph():
+    if _backward_in_torch_ops(dy, dh_n, dc_n):
         return _composite_backward(ctx, "LSTM", (dy, dh_n, dc_n), x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0,
                                    batch_sizes)
     N, B, Hin = cell.shape[0], c0.shape[0], w_hh.shape[1]
@@ -582,7 +582,7 @@ def _gru_setup_context(ctx, inputs, output):
 
 def _gru_backward(ctx, dy, dh_n, *_workspace_grads):
     x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, gates, gh_n, h_prev = ctx.saved_tensors
-    if _records_graph():
+    if _backward_in_torch_ops(dy, dh_n):
         return _composite_backward(ctx, "GRU", (dy, dh_n), x, w_ih, b_ih, b_hh, w_hh, None, h0, None, batch_sizes)
     H = w_hh.shape[0] // 3
     dy = _zeros_if_none(dy, gates.new_empty(gates.shape[0], H))
@@ -712,7 +712,7 @@ def _rnn_setup_context(ctx, inputs, output):
 
 def _rnn_backward(ctx, dy, dh_n, _h_prev_grad):
     x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, y, h_prev, h_n = ctx.saved_tensors
-    if _records_graph():
+    if _backward_in_torch_ops(dy, dh_n):
         mode = "RNN_RELU" if ctx.relu else "RNN_TANH"
         return _composite_backward(ctx, mode, (dy, dh_n), x, w_ih, b_ih, b_hh, w_hh, None, h0, None, batch_sizes)
     _require_workspace(h_prev, ctx.rows, "rnn_layer")
@@ -925,7 +925,7 @@ def _cell_backward(ctx, dh, dc, *_workspace_grads):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, gh_n = ctx.saved_tensors
     mode = ctx.mode
     need = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace
-    if _records_graph():
+    if _backward_in_torch_ops(dh, dc):
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         grads = _differentiate(lambda: _composite.cell(mode, *inputs), (dh, dc), inputs, need[1:8])
         return (None, *grads, None)
@@ -943,25 +943,31 @@ def _cell_backward(ctx, dh, dc, *_workspace_grads):
 cell.register_autograd(_cell_backward, setup_context=_cell_setup_context)
 
 
-# ------------------------------------------------------------------------------ a backward autograd records
+# ------------------------------------------------------------------------- the backward in torch's ops
 #
 # The kernels' backward records no graph. Where autograd asks for one (create_graph=True: double backward,
 # gradient penalties, Hessian-vector products) the backward instead recomputes the op's forward from its inputs
 # with torch's matmul and pointwise ops (pyrnn/composite.py) and differentiates that with autograd, which records
 # it. The inputs come back from ctx with their history, so the gradients it returns are differentiable in all of
-# them: x, the weights, h0, c0 and the incoming gradients.
+# them: x, the weights, h0, c0 and the incoming gradients. The same route takes incoming gradients batched by
+# torch.autograd.grad(..., is_grads_batched=True) (jacobian / hessian with vectorize=True): tensors of its vmap,
+# without storage the kernels could read, which torch's ops take as they are.
 
 
-def _records_graph() -> bool:
-    """Whether this backward runs under create_graph=True in plain autograd (not compiling, tracing or inside a
-    torch.func transform, which handle the kernels' backward themselves or refuse)."""
-    return (torch.is_grad_enabled() and not _compiling_tracing_or_mode()
-            and not torch._C._are_functorch_transforms_active())
+def _backward_in_torch_ops(*grads: Optional[Tensor]) -> bool:
+    """Whether this backward must run through pyrnn.composite: under create_graph=True, or with batched incoming
+    grads, in plain autograd (not compiling, tracing or inside a torch.func transform, which handle the kernels'
+    backward themselves or refuse)."""
+    if _compiling_tracing_or_mode() or torch._C._are_functorch_transforms_active():
+        return False
+    return torch.is_grad_enabled() or any(
+        g is not None and torch._C._functorch.is_legacy_batchedtensor(g) for g in grads)
 
 
 def _differentiate(forward, outputs_grads: tuple, inputs: tuple, needs: tuple) -> list:
     """Gradients of inputs[k] where needs[k] (None elsewhere) of the outputs forward() recomputes, against the
-    incoming outputs_grads (None where autograd reached no output), recording autograd's graph of them."""
+    incoming outputs_grads (None where autograd reached no output), recording autograd's graph of them under
+    create_graph=True."""
     wanted = [k for k, t in enumerate(inputs) if t is not None and needs[k]]
     grads = [None] * len(inputs)
     with torch.enable_grad():
@@ -970,14 +976,15 @@ def _differentiate(forward, outputs_grads: tuple, inputs: tuple, needs: tuple) -
     if not wanted or not pairs:
         return grads
     found = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted], [g for _, g in pairs],
-                                create_graph=True, allow_unused=True)
+                                create_graph=torch.is_grad_enabled(), allow_unused=True)
     for k, g in zip(wanted, found):
         grads[k] = g
     return grads
 
 
 def _composite_backward(ctx, mode, outputs_grads, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes) -> tuple:
-    """A layer op's backward under create_graph=True: its gradients in the order of its inputs."""
+    """A layer op's backward through pyrnn.composite (_backward_in_torch_ops): its gradients in the order of its
+    inputs."""
     inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0)
     need = ctx.needs_input_grad  # the op's inputs: x, w_ih, b_ih, b_hh, w_hh, (w_hr,) h0, (c0,) ...
     needs = need[:8] if mode == "LSTM" else (*need[:5], False, need[5], False)
@@ -1089,8 +1096,7 @@ _FUNCTORCH = {op: _eager_function(op, *spec, functorch=True) for op, spec in _DI
 def _call(op, *args):
     """Runs a backward-side op: its implementation directly in plain eager mode (for cell_backward without
     re-checking the forward's own tensors) and under one torch.func.grad level (on the tensors functorch wraps),
-    the registered op otherwise (and under create_graph=True, where the registered ops say clearly that no double
-    backward exists)."""
+    the registered op otherwise (compiling, tracing, modes)."""
     if not torch.is_grad_enabled() and _plain(args):
         return _IMPLS[op](*args)
     level = _grad_transform_level()

@@ -187,3 +187,30 @@ def test_composite_layer_matches_kernels_on_packed_rows(mode, reverse):
     for got, want in zip((y, h_n, c_n), exp):
         if want is not None:
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", list(_module_pairs()), ids=lambda c: c[0])
+def test_batched_grads_match_torch_nn(case):
+    """torch.autograd.grad(..., is_grads_batched=True) and what builds on it (torch.autograd.functional's jacobian
+    and hessian with vectorize=True): the batched gradients reach the backward as tensors of autograd's own vmap,
+    which the kernels cannot read; pyrnn.composite takes them."""
+    from torch.autograd.functional import hessian as af_hessian, jacobian
+
+    _, ref, ours, is_cell = case
+    x = torch.randn(2, 3, dtype=torch.float64) if is_cell else torch.randn(5, 2, 3, dtype=torch.float64)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+
+    def results(module):
+        inp = x.clone().requires_grad_(True)
+        y = first(module(inp))
+        v = torch.randn(3, *y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        (batched,) = torch.autograd.grad(y, inp, v, is_grads_batched=True)
+        jac = jacobian(lambda t: first(module(t)), x, vectorize=True)
+        hess = af_hessian(lambda t: first(module(t)).square().sum(), x, vectorize=True)
+        return batched, jac, hess
+
+    expected = results(ref)
+    with forbid_torch_rnn():
+        got = results(ours)
+    for what, g, e in zip(("batched grads", "jacobian", "hessian"), got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9, msg=lambda m: f"{what}: {m}")
