@@ -663,12 +663,15 @@ def _rnn_layer_backward_impl(
     relu: bool,
 ) -> tuple[Tensor, Tensor]:
     """BPTT of rnn_layer from its outputs: every step's output h, which the activation's derivative needs, is read
-    on the CPU from h_prev [N,H] (the next step's input state) and h_n [B,H] (a row's last step), on GPUs from y
-    [N,H] (may be empty on the CPU). Returns d_gates [N,H] (= dL/dgx) and dh0."""
+    on the CPU from h_prev [N,H] (the next step's input state) and h_n [B,H] (a row's last step); the GPU kernels
+    read y [N,H], rebuilt from those two where y is empty. Returns d_gates [N,H] (= dL/dgx) and dh0."""
     backend = _check_device_and_dtype(dy)
     bs = _batch_sizes(batch_sizes)
     N, H, B = dy.shape[0], w_hh.shape[0], dh_n.shape[0]
     if backend in ("triton", "cuda"):
+        if y.numel() == 0 and N > 0:
+            _require_workspace(h_prev, N, "rnn_layer")
+            y = _outputs_from_states(h_prev, h_n, bs, reverse)
         _validate_backward(dy, dh_n, bs, N, H, {"y": (y, (N, H)), "w_hh": (w_hh, (H, H))})
         e = dy.new_empty(0)
         ws = dict(y=y, cell=e, proj_in=e, gates=e, gh_n=e, h_prev=e)
@@ -690,6 +693,22 @@ def _rnn_layer_backward_impl(
     return d_gates, dh0
 
 
+def _outputs_from_states(h_prev: Tensor, h_n: Tensor, batch_sizes: Tensor, reverse: bool) -> Tensor:
+    """y [N, H] from the states entering each step, h_prev [N, H], and the final ones, h_n [B, H]: a row's output
+    at step t is its state entering the next step it runs (t + 1 forward, t - 1 reverse) or, where it runs no
+    other, its final state. batch_sizes: int64 [T] on the CPU."""
+    T, N = batch_sizes.numel(), h_prev.shape[0]
+    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes  # [T]: each step's first row
+    step = torch.repeat_interleave(torch.arange(T), batch_sizes)  # [N]: each row's step
+    row = torch.arange(N) - offsets[step]  # [N]: each row's batch index
+    after = (step - 1) if reverse else (step + 1)
+    inside = (after >= 0) & (after < T)
+    after = after.clamp(0, T - 1)
+    runs_on = inside & (row < batch_sizes[after])  # rows are sorted by length: a row runs a step iff b < its size
+    index = torch.where(runs_on, offsets[after] + row, N + row)  # into cat(h_prev, h_n)
+    return torch.cat([h_prev, h_n]).index_select(0, index.to(h_prev.device))
+
+
 rnn_layer_backward = torch.library.custom_op("pyrnn::rnn_layer_backward", _rnn_layer_backward_impl, mutates_args=())
 
 
@@ -702,23 +721,23 @@ def _rnn_setup_context(ctx, inputs, output):
     x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, reverse, relu, save_workspace = inputs
     y, h_n, h_prev = output
     _workspace_has_no_grad(ctx, h_prev)
-    # The CPU backward reads every step's output from h_prev and h_n, not from y: y is the caller's, who may
-    # change it in place before the backward, as torch.nn.RNN allows. The GPU kernels read y.
-    keep_y = not x.is_meta and _backend.select(x) != "cpu"
-    ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, y if keep_y else y.new_empty(0), h_prev, h_n)
+    # The backward reads every step's output from h_prev and h_n, not from y: y is the caller's, who may change it
+    # in place before the backward, as torch.nn.RNN allows (the GPU kernels' y is rebuilt from them).
+    ctx.save_for_backward(x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, h_prev, h_n)
     ctx.reverse, ctx.relu, ctx.rows = reverse, relu, y.shape[0]
     ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
 
 
 def _rnn_backward(ctx, dy, dh_n, _h_prev_grad):
-    x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, y, h_prev, h_n = ctx.saved_tensors
+    x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, h_prev, h_n = ctx.saved_tensors
     if _backward_in_torch_ops(dy, dh_n):
         mode = "RNN_RELU" if ctx.relu else "RNN_TANH"
         return _composite_backward(ctx, mode, (dy, dh_n), x, w_ih, b_ih, b_hh, w_hh, None, h0, None, batch_sizes)
     _require_workspace(h_prev, ctx.rows, "rnn_layer")
     dy = _zeros_if_none(dy, h_prev.new_empty(ctx.rows, w_hh.shape[0]))
     dh_n = _zeros_if_none(dh_n, h0)
-    d_gates, dh0 = _call(rnn_layer_backward, dy, dh_n, w_hh, y, h_prev, h_n, batch_sizes, ctx.reverse, ctx.relu)
+    no_y = h_prev.new_empty(0)
+    d_gates, dh0 = _call(rnn_layer_backward, dy, dh_n, w_hh, no_y, h_prev, h_n, batch_sizes, ctx.reverse, ctx.relu)
     dw_hh = _call(gemm, d_gates.t(), h_prev)  # [H, H]
     dx, dw_ih, db_ih, db_hh = _projection_backward(ctx, d_gates, x, w_ih)
     return dx, dw_ih, db_ih, db_hh, dw_hh, dh0, None, None, None, None

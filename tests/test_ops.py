@@ -95,3 +95,13 @@ def test_backward_without_workspace_is_a_clear_error():
         h, *_ = call("GRU", x, torch.randn(2, 4), None, torch.randn(12, 3), torch.randn(12, 4), None, None, False)
         with pytest.raises(RuntimeError, match="save_workspace=False"):
             h.sum().backward()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("sizes", [(3,), (3, 3, 2), (4, 2, 2, 1), (2, 0)], ids=str)
+def test_outputs_rebuilt_from_states(sizes, reverse):
+    """The GPU RNN backward's y, rebuilt from the saved states entering each step and the final ones, is the
+    forward's y (rows that end early, or start late in reverse, included)."""
+    a = _inputs(N_steps=sizes, G=1)
+    y, h_n, h_prev = ops.rnn_layer(*_projection(a), a["w_hh"], a["h0"], a["batch_sizes"], reverse, False, True)
+    torch.testing.assert_close(ops._outputs_from_states(h_prev, h_n, a["batch_sizes"], reverse), y, rtol=0, atol=0)

@@ -119,3 +119,31 @@ def test_resident_plan_invariants(slots, monkeypatch):
     finally:
         triton_host.set_mode("auto")
     assert triton_host._kernel(4, 4, 16, 0, torch.float32, cpu) == "persistent"  # off the GPU: fewest launches
+
+
+@pytest.mark.parametrize("kw,packed", [({}, False), ({"nonlinearity": "relu", "bidirectional": True}, True)], ids=str)
+def test_rnn_output_changed_in_place(kw, packed, triton_backend):
+    """The GPU kernels' RNN backward reads every step's output, rebuilt from the saved states (h_prev, h_n), not
+    the caller's y, so `out.mul_(...)` before the backward gives torch.nn's gradients here too."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    ref = torch.nn.RNN(5, 6, dtype=torch.float64, **kw)
+    ours = pyrnn.RNN(5, 6, dtype=torch.float64, **kw)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+
+    def run(module):
+        inp = pack_padded_sequence(x, [4, 3, 1]) if packed else x
+        out, h_n = module(inp)
+        data = out.data if packed else out
+        data.mul_(3.0).add_(1.0)
+        upstream = torch.randn(data.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        return torch.autograd.grad((data * upstream).sum() + h_n.sum(), [x, *module.parameters()])
+
+    pyrnn.set_backend("auto")
+    expected = run(ref)
+    pyrnn.set_backend("triton")
+    got = run(ours)
+    for g, e in zip(got, expected):
+        assert_close(g, e, torch.float64, "grad")
