@@ -20,27 +20,32 @@ import torch
 from torch import Tensor
 
 
-def _affine(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
-    # x [B, K] @ w [M, K]^T + b [M]
-    return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+def _projection(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Tensor:
+    """gx [N, G*H] = x [N, I] W_ih^T + b_ih, and + b_hh where it adds outside the cell math (all but GRU's)."""
+    bias = b_ih
+    if b_hh is not None and mode != "GRU":
+        bias = b_hh if bias is None else bias + b_hh
+    return x @ w_ih.t() if bias is None else torch.addmm(bias, x, w_ih.t())
 
 
-def step(mode: str, gx: Tensor, h: Tensor, c: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
-         w_hr: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-    """One step from gx = W_ih x + b_ih [B, G*H] and the state h [B, Hin] (c [B, H]): the new h (and c)."""
-    gh = _affine(h, w_hh, b_hh)  # [B, G*H]
+def step(mode: str, gx: Tensor, h: Tensor, c: Optional[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor],
+         w_hr_t: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+    """One step from gx [B, G*H] (_projection's rows) and the state h [B, Hin] (c [B, H]): the new h (and c).
+    w_hh_t = W_hh^T [Hin, G*H], w_hr_t = W_hr^T [H, P] (transposed once per layer, not per step); b_hh [G*H] is
+    read by GRU only (the others have it in gx)."""
     if mode == "LSTM":
-        i, f, g, o = (gx + gh).chunk(4, dim=1)
+        i, f, g, o = torch.addmm(gx, h, w_hh_t).chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-        return (h if w_hr is None else h @ w_hr.t()), c
+        return (h if w_hr_t is None else h @ w_hr_t), c
     if mode == "GRU":
+        gh = h @ w_hh_t if b_hh is None else torch.addmm(b_hh, h, w_hh_t)  # [B, 3H]
         x_r, x_z, x_n = gx.chunk(3, dim=1)
         h_r, h_z, h_n = gh.chunk(3, dim=1)
         r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
         return n + z * (h - n), None  # = (1 - z) * n + z * h in one op fewer
-    pre = gx + gh
+    pre = torch.addmm(gx, h, w_hh_t)
     return (torch.relu(pre) if mode == "RNN_RELU" else torch.tanh(pre)), None
 
 
@@ -51,7 +56,8 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
     sizes = batch_sizes.tolist()
     # One split node (not a slice per step, whose backward would write each step's gradient into a zeroed
     # copy of all of gx): gx [N, G*H] -> a view per step.
-    gx_steps = torch.split(_affine(x, w_ih, b_ih), sizes)
+    gx_steps = torch.split(_projection(mode, x, w_ih, b_ih, b_hh), sizes)
+    w_hh_t, w_hr_t = w_hh.t(), None if w_hr is None else w_hr.t()
     h, c = h0, c0
     ys: list = [None] * len(sizes)
     # A row keeps its state where a step has fewer rows: forward, a finished row its last one; reverse, a row that
@@ -59,11 +65,11 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
     for t in (reversed(range(len(sizes))) if reverse else range(len(sizes))):
         n = sizes[t]
         if n == h.shape[0]:
-            h_t, c_t = step(mode, gx_steps[t], h, c, w_hh, b_hh, w_hr)
+            h_t, c_t = step(mode, gx_steps[t], h, c, w_hh_t, b_hh, w_hr_t)
             h, c = h_t, c_t
         else:
             (h_in, h_keep), (c_in, c_keep) = h.split([n, h.shape[0] - n]), _split(c, n)
-            h_t, c_t = step(mode, gx_steps[t], h_in, c_in, w_hh, b_hh, w_hr)
+            h_t, c_t = step(mode, gx_steps[t], h_in, c_in, w_hh_t, b_hh, w_hr_t)
             h, c = torch.cat([h_t, h_keep]), None if c is None else torch.cat([c_t, c_keep])
         ys[t] = h_t
     return torch.cat(ys), h, c
@@ -76,4 +82,4 @@ def _split(c: Optional[Tensor], n: int) -> tuple[Optional[Tensor], Optional[Tens
 def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
          b_hh: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
     """One step of a cell: x [B, I], h0 [B, H] (c0 [B, H]) -> h [B, H] (c [B, H])."""
-    return step(mode, _affine(x, w_ih, b_ih), h0, c0, w_hh, b_hh)
+    return step(mode, _projection(mode, x, w_ih, b_ih, b_hh), h0, c0, w_hh.t(), b_hh)
