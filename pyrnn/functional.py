@@ -86,7 +86,10 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
 
 
 def _autocast_enabled(x: Tensor) -> bool:
-    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)  # (meta: no autocast)
+    # The global test first (~0.06 us; the device's own ~0.7, a tenth of a B=1 cell call's Python time). Meta tensors
+    # have no autocast.
+    return (torch._C._is_any_autocast_enabled() and x.device.type in ("cpu", "cuda")
+            and torch.is_autocast_enabled(x.device.type))
 
 
 def _without_autocast(x: Tensor):
