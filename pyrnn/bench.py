@@ -472,11 +472,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             r = results[-1]
             sys.stderr.write(f"    torch {r.torch_ms:.3f} ms, pyrnn {r.pyrnn_ms:.3f} ms, {r.ratio:.2f}x\n")
     penalties = []
-    if not args.quick and not args.gpu_only:
-        for case in penalty_grid():
-            if not args.cell or case.cell in args.cell:
-                _progress(len(results) + len(penalties), len(cases) + 3, case.label())
-                penalties.append(time_case(case, min_time=args.min_time))
+    penalty_cases = [] if args.quick or args.gpu_only else [
+        c for c in penalty_grid() if not args.cell or c.cell in args.cell]
+    for case in penalty_cases:
+        _progress(len(cases) + len(penalties), len(cases) + len(penalty_cases), case.label())
+        penalties.append(time_case(case, min_time=args.min_time))
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(format_table(results, peak))
