@@ -147,3 +147,28 @@ def test_rnn_output_changed_in_place(kw, packed, triton_backend):
     got = run(ours)
     for g, e in zip(got, expected):
         assert_close(g, e, torch.float64, "grad")
+
+
+@pytest.mark.parametrize("name,kw", [("LSTM", {"proj_size": 3}), ("GRU", {"bidirectional": True}), ("RNN", {})],
+                         ids=str)
+def test_double_backward_on_the_gpu_path(name, kw, triton_backend):
+    """create_graph=True after a GPU-backend forward: the backward's recomputation in torch's ops (pyrnn.composite)
+    finds what the GPU path saved, and the gradient of the gradient is torch.nn's."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(4, 5, dtype=torch.float64, **kw)
+    ours = getattr(pyrnn, name)(4, 5, dtype=torch.float64, **kw)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+
+    def run(module):
+        inp = x.clone().requires_grad_(True)
+        out, _ = module(inp)
+        (g,) = torch.autograd.grad(out.square().sum(), inp, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), [inp, *module.parameters()])
+
+    pyrnn.set_backend("auto")
+    expected = run(ref)
+    pyrnn.set_backend("triton")
+    got = run(ours)
+    for g, e in zip(got, expected):
+        assert_close(g, e, torch.float64, "grad of grad")
