@@ -18,6 +18,24 @@ from . import functional
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
 
+def _compiling_without_allow_rnn() -> bool:
+    """Whether torch.compile is at work (tracing, or its frame callback set around an eager frame) while
+    torch._dynamo.config.allow_rnn is off. Dynamo then gives up on every torch.nn RNN module (pyrnn's are
+    subclasses) and runs its forward eagerly: torch.nn's forward goes straight into its C++ kernels, while pyrnn's
+    Python would be compiled in pieces, frame by frame, whose graphs have no double backward. So pyrnn runs the
+    whole layer eagerly there (_run_eagerly), as torch.nn does."""
+    if torch.compiler.is_compiling():  # (first: Dynamo cannot trace the frame-callback query)
+        return not torch._dynamo.config.allow_rnn
+    if torch._C._dynamo.eval_frame.get_eval_frame_callback() is None:
+        return False  # plain eager (~0.1 us; reading Dynamo's config costs ~1 us)
+    return not torch._dynamo.config.allow_rnn
+
+
+@torch._dynamo.disable
+def _run_eagerly(module, input, hx):
+    return module._forward(input, hx)
+
+
 class _RecurrentMixin:
     """forward() for RNN, LSTM and GRU, shared; the torch.nn base class supplies everything else."""
 
@@ -60,6 +78,11 @@ class _RecurrentMixin:
             raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
 
     def forward(self, input, hx=None):
+        if _compiling_without_allow_rnn():
+            return _run_eagerly(self, input, hx)
+        return self._forward(input, hx)
+
+    def _forward(self, input, hx=None):
         self._update_flat_weights()
         is_lstm = self.mode == "LSTM"
         orig_input = input

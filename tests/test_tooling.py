@@ -38,6 +38,41 @@ def test_torch_compile_forward_and_backward(cls, backend, allow_rnn):
     torch.testing.assert_close(grad, expected_grad)
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_torch_compile_leaves_the_layer_eager_like_torch_nn(name):
+    """Without allow_rnn, Dynamo runs torch.nn's RNN layers eagerly and compiles around them; pyrnn's layer runs
+    eagerly as a whole too (not its Python compiled in pieces), so a gradient penalty through a compiled model
+    works as it does with torch.nn's layer."""
+
+    class Model(torch.nn.Module):
+        def __init__(self, ns):
+            super().__init__()
+            self.inp = torch.nn.Linear(3, 4)
+            self.rnn = getattr(ns, name)(4, 5, num_layers=2)
+            self.out = torch.nn.Linear(5, 1)
+
+        def forward(self, x):
+            y, _ = self.rnn(torch.tanh(self.inp(x)))
+            return self.out(y).sum()
+
+    def penalty_grads(ns):
+        torch.manual_seed(0)
+        model = Model(ns)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="aot_eager")
+        x = torch.randn(6, 2, 3, requires_grad=True)
+        (g,) = torch.autograd.grad(compiled(x), x, create_graph=True)
+        params = list(model.parameters())
+        grads = torch.autograd.grad(g.square().sum(), params, allow_unused=True)  # (out.bias: unused)
+        return [torch.zeros_like(p) if d is None else d for d, p in zip(grads, params)]
+
+    expected = penalty_grads(torch.nn)
+    with forbid_torch_rnn():
+        got = penalty_grads(pyrnn)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("cls", [pyrnn.LSTMCell, pyrnn.GRUCell, pyrnn.RNNCell])
 def test_torch_compile_cells(cls):
     """Cells compile into one graph (fullgraph) around the pyrnn::cell op, forward and backward."""
