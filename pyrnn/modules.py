@@ -31,9 +31,16 @@ def _compiling_without_allow_rnn() -> bool:
     return not torch._dynamo.config.allow_rnn
 
 
-@torch._dynamo.disable
 def _run_eagerly(module, input, hx):
-    return module._forward(input, hx)
+    # module._forward with Dynamo off for it and all it calls; made on first use, since importing torch._dynamo
+    # (for its decorator) would add ~1 s to `import pyrnn`.
+    global _eager_forward
+    if _eager_forward is None:
+        _eager_forward = torch._dynamo.disable(lambda module, input, hx: module._forward(input, hx))
+    return _eager_forward(module, input, hx)
+
+
+_eager_forward = None
 
 
 class _RecurrentMixin:
