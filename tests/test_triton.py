@@ -141,12 +141,7 @@ def test_rnn_output_changed_in_place(kw, packed, triton_backend):
         upstream = torch.randn(data.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         return torch.autograd.grad((data * upstream).sum() + h_n.sum(), [x, *module.parameters()])
 
-    pyrnn.set_backend("auto")
-    expected = run(ref)
-    pyrnn.set_backend("triton")
-    got = run(ours)
-    for g, e in zip(got, expected):
-        assert_close(g, e, torch.float64, "grad")
+    _gradients_match(run, ref, ours, "grad")
 
 
 @pytest.mark.parametrize("name,kw", [("LSTM", {"proj_size": 3}), ("GRU", {"bidirectional": True}), ("RNN", {})],
@@ -166,9 +161,14 @@ def test_double_backward_on_the_gpu_path(name, kw, triton_backend):
         (g,) = torch.autograd.grad(out.square().sum(), inp, create_graph=True)
         return torch.autograd.grad(g.square().sum(), [inp, *module.parameters()])
 
+    _gradients_match(run, ref, ours, "grad of grad")
+
+
+def _gradients_match(run, ref, ours, what):
+    """run(module) -> float64 gradients: torch.nn's module on the CPU path, pyrnn's on the Triton backend."""
     pyrnn.set_backend("auto")
     expected = run(ref)
     pyrnn.set_backend("triton")
     got = run(ours)
     for g, e in zip(got, expected):
-        assert_close(g, e, torch.float64, "grad of grad")
+        assert_close(g, e, torch.float64, what)
