@@ -5,7 +5,7 @@ itself is differentiated (create_graph=True: double backward, gradient penalties
 the ops' backward (pyrnn/ops.py) recomputes the forward with these functions and lets autograd differentiate them,
 which records that graph; so it does for gradients batched by is_grads_batched=True, whose tensors have no storage
 for the kernels to read. Forward-mode AD and nested torch.func transforms run these functions in place of the ops
-(pyrnn/functional.py). Same formulas as the kernels and torch.nn (../shared/spec/PARITY.md), none of torch's
+(pyrnn/functional.py), and so does torch.onnx.export, whose graph can hold no pyrnn op. Same formulas as the kernels and torch.nn (../shared/spec/PARITY.md), none of torch's
 recurrent kernels; several times slower than pyrnn's kernels, so nothing else runs them.
 
 Shapes as in pyrnn.ops: x [N, I] packed time-major, step t owning rows [offset[t], offset[t] + batch_sizes[t]);
@@ -14,6 +14,7 @@ w_ih [G*H, I], w_hh [G*H, Hin], w_hr [P, H], h0 [B, Hin], c0 [B, H].
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -53,7 +54,11 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
           w_hr: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], batch_sizes: Tensor, reverse: bool
           ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer-direction. Returns y [N, Hin], h_n [B, Hin] and c_n [B, H] (LSTM) or None."""
-    sizes = batch_sizes.tolist()
+    # Padded input (N = T * B: every step has all B rows, as batch sizes never exceed B) needs no look at the
+    # batch sizes' values, which torch.export (ONNX export) cannot read.
+    T, B = batch_sizes.shape[0], h0.shape[0]
+    padded = _same_size(x.shape[0], T * B)
+    sizes = [B] * T if padded else batch_sizes.tolist()
     # One split node (not a slice per step, whose backward would write each step's gradient into a zeroed
     # copy of all of gx): gx [N, G*H] -> a view per step.
     gx_steps = torch.split(_projection(mode, x, w_ih, b_ih, b_hh), sizes)
@@ -64,7 +69,7 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
     # has not begun its h0 (rows are sorted by length, so a step's rows are always the first batch_sizes[t]).
     for t in (reversed(range(len(sizes))) if reverse else range(len(sizes))):
         n = sizes[t]
-        if n == h.shape[0]:
+        if padded or n == h.shape[0]:
             h_t, c_t = step(mode, gx_steps[t], h, c, w_hh_t, b_hh, w_hr_t)
             h, c = h_t, c_t
         else:
@@ -73,6 +78,16 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
             h, c = torch.cat([h_t, h_keep]), None if c is None else torch.cat([c_t, c_keep])
         ys[t] = h_t
     return torch.cat(ys), h, c
+
+
+def _same_size(a, b) -> bool:
+    if not torch.jit.is_tracing():
+        return a == b
+    # Traced by ONNX's TorchScript exporter, sizes are traced values, and the tracer warns that this test is taken as
+    # a constant: rightly so, it holds for every input of a padded layout (and a dynamic batch size).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return bool(a == b)
 
 
 def _split(c: Optional[Tensor], n: int) -> tuple[Optional[Tensor], Optional[Tensor]]:

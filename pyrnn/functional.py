@@ -8,6 +8,7 @@ recurrence in pyrnn's kernels.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -49,7 +50,7 @@ def layer_direction(
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer-direction. x: [N, I], h0: [B, Hin], c0: [B, H]. Returns y [N, Hin], h_n [B, Hin], c_n."""
-    if ops.needs_composite():  # forward-mode AD, nested torch.func transforms: torch's ops differentiate it
+    if ops.needs_composite():  # forward-mode AD, nested torch.func transforms, ONNX export: torch's ops
         return composite.layer(mode, x, w.w_ih, w.b_ih, w.b_hh, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse)
     save = _needs_workspace(x, h0, c0, *w)
     if mode == "LSTM":
@@ -99,6 +100,17 @@ def _without_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
+def _warn_unrolled(batch_sizes: Tensor) -> None:
+    # ONNX export traces pyrnn.composite's loop step by step (torch.nn's LSTM, under the default dynamo exporter, also
+    # takes its example's length only). The step count is a traced value under the TorchScript exporter, whose
+    # tracer would warn that reading it makes it a constant: here, that is the point.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        steps = int(batch_sizes.shape[0])
+    warnings.warn(f"pyrnn: ONNX export unrolls the recurrence over the example input's {steps} time steps: the "
+                  "exported graph takes sequences of that length only (its batch size may be dynamic)", stacklevel=4)
+
+
 def recurrence(
     mode: str,
     x: Tensor,
@@ -128,6 +140,8 @@ def recurrence(
             num_layers, dropout, training, bidirectional,
         )
         return out.to(x.dtype), h_n.to(x.dtype), None if c_n is None else c_n.to(x.dtype)
+    if ops.exporting_to_onnx():
+        _warn_unrolled(batch_sizes)
     D = 2 if bidirectional else 1
     h_n, c_n = [], []
     layer_input = x

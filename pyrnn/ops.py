@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -1067,13 +1068,40 @@ def _grad_transform_level() -> Optional[int]:
     return None
 
 
+def exporting_to_onnx() -> bool:
+    """Whether torch.onnx.export is at work (either exporter). No export without torch.onnx loaded, and torch loads
+    it lazily; once it is (torch._dynamo imports it), its flags are read directly: torch.onnx.is_in_onnx_export()
+    imports two modules per call (0.8 us, a tenth of a B=1 cell call's Python)."""
+    global _onnx_export_flag
+    if "torch.onnx" not in sys.modules:
+        return False
+    if torch.compiler.is_compiling():  # the public test, which Dynamo knows (its flags it cannot trace)
+        return torch.onnx.is_in_onnx_export()
+    if _onnx_export_flag is None:
+        try:
+            from torch.onnx._internal.exporter import _flags
+            from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+            _flags._is_onnx_exporting, GLOBALS.in_onnx_export  # noqa: B018 (both exist on this torch)
+            _onnx_export_flag = lambda: _flags._is_onnx_exporting or GLOBALS.in_onnx_export  # noqa: E731
+        except (ImportError, AttributeError):  # another torch's layout: its public test
+            _onnx_export_flag = torch.onnx.is_in_onnx_export
+    return bool(_onnx_export_flag())
+
+
+_onnx_export_flag = None
+
+
 def needs_composite() -> bool:
-    """Whether a call must run pyrnn.composite (torch's ops) instead of the kernels, because what differentiates it
-    needs more than one backward: forward-mode AD (a dual level; torch.func.jvp, jacfwd, hessian) or torch.func.grad
-    / vjp nested in or around another transform (grad of grad, vmap over grad). The kernels serve one grad level
+    """Whether a call must run pyrnn.composite (torch's ops) instead of the kernels: during torch.onnx.export (ONNX
+    knows no pyrnn ops), or because what differentiates it needs more than one backward: forward-mode AD (a dual
+    level; torch.func.jvp, jacfwd, hessian) or torch.func.grad / vjp nested in or around another transform (grad of
+    grad, vmap over grad). The kernels serve one grad level
     (_FUNCTORCH) and vmap alone (its loop over the registered ops); under them a forward-mode tangent would be
     dropped, silently, and an outer grad would take the inner gradient as constant."""
     if _forward_ad._current_level >= 0:
+        return True
+    if exporting_to_onnx():  # ONNX has no pyrnn ops: the graph is made of torch's
         return True
     if not torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return False
@@ -1144,8 +1172,8 @@ def apply(op, *args):
     requires grad), under one torch.func.grad level through its functorch-form autograd.Function, through the
     registered custom op otherwise. Same implementation, same backward either way."""
     if needs_composite():
-        raise RuntimeError(f"pyrnn: {op._name} cannot run under forward-mode AD or nested torch.func transforms; "
-                           "pyrnn's modules and pyrnn.functional can (they run pyrnn.composite there)")
+        raise RuntimeError(f"pyrnn: {op._name} cannot run under forward-mode AD, nested torch.func transforms or "
+                           "ONNX export; pyrnn's modules and pyrnn.functional can (they run pyrnn.composite there)")
     if _plain(args):
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
             return _EAGER[op].apply(*args)

@@ -164,9 +164,79 @@ def test_autocast_runs_in_the_inputs_dtype(name, kw):
     torch.testing.assert_close(mixed, run(ref, True)[0].float(), rtol=0, atol=3e-2)
 
 
-def test_onnx_export_fails_clearly():
+ONNX_CASES = [  # name, constructor arguments, whether h0 (and c0) are given, unbatched input
+    ("LSTM", {"num_layers": 2, "bidirectional": True}, False, False),
+    ("LSTM", {"proj_size": 3, "batch_first": True}, True, False),  # torch.nn's LSTM does not export this one
+    ("GRU", {"num_layers": 2, "batch_first": True}, True, False),
+    ("RNN", {"nonlinearity": "relu", "bidirectional": True}, True, False),
+    ("LSTM", {"bias": False}, True, True),
+    ("LSTMCell", {}, True, False),
+    ("GRUCell", {}, False, False),
+    ("RNNCell", {"nonlinearity": "relu"}, True, False),
+]
+
+
+def _export_args(name, kw, with_state, unbatched, B, T=4, I=3, H=5):
+    """The example inputs of a module, and for each its batch dimension (None: unbatched)."""
+    gen = torch.Generator().manual_seed(B)
+    if name.endswith("Cell"):
+        x, state_shape, batch_dim = torch.randn(B, I, generator=gen), (B, H), 0
+    else:
+        D, L, P = 2 if kw.get("bidirectional") else 1, kw.get("num_layers", 1), kw.get("proj_size", 0)
+        bf = kw.get("batch_first", False)
+        x = torch.randn(T, I, generator=gen) if unbatched else torch.randn(*((B, T) if bf else (T, B)), I, generator=gen)
+        state_shape, batch_dim = ((D * L, P or H) if unbatched else (D * L, B, P or H)), 1
+    if not with_state:
+        return (x,), [0 if name.endswith("Cell") or kw.get("batch_first") else 1]
+    h0 = torch.randn(state_shape, generator=gen)
+    if name.startswith("LSTM"):
+        c0 = torch.randn(*state_shape[:-1], H, generator=gen)
+        return (x, (h0, c0)), [0 if name.endswith("Cell") or kw.get("batch_first") else 1, batch_dim, batch_dim]
+    return (x, h0), [0 if name.endswith("Cell") or kw.get("batch_first") else 1, batch_dim]
+
+
+def _flat(args):
+    return [t for a in args for t in (a if isinstance(a, tuple) else (a,))]
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("name,kw,with_state,unbatched", ONNX_CASES, ids=str)
+def test_onnx_export_runs_in_onnxruntime_like_torch_nn(name, kw, with_state, unbatched, dynamo, tmp_path):
+    """torch.onnx.export (both exporters) gives a graph of standard ONNX ops (pyrnn.composite's, traced; no pyrnn
+    op) that onnxruntime runs to torch.nn's outputs, every output, at another batch size than the example's."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(3, 5, **kw).eval()
+    ours = getattr(pyrnn, name)(3, 5, **kw).eval()
+    ours.load_state_dict(ref.state_dict())
+    example, batch_dims = _export_args(name, kw, with_state, unbatched, B=2)
+    names = [f"in{i}" for i in range(len(batch_dims))]
+    dynamic_axes = {} if unbatched else {n: {d: "batch"} for n, d in zip(names, batch_dims)}
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings(), forbid_torch_rnn():
+        warnings.simplefilter("ignore")  # the exporters' own, and pyrnn's note that the steps are unrolled
+        if dynamo:
+            torch.onnx.export(ours, example, dynamo=True, input_names=names, dynamic_axes=dynamic_axes,
+                              verbose=False).save(str(path))
+        else:
+            torch.onnx.export(ours, example, str(path), dynamo=False, input_names=names, dynamic_axes=dynamic_axes)
+    session = ort.InferenceSession(str(path))
+    args, _ = _export_args(name, kw, with_state, unbatched, B=2 if unbatched else 3)
+    got = session.run(None, {n: t.numpy() for n, t in zip(names, _flat(args))})
+    with torch.no_grad():
+        expected = ref(*args)
+    expected = _flat(expected if isinstance(expected, tuple) else (expected,))
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_export_says_the_steps_are_unrolled():
+    pytest.importorskip("onnxscript")
     m = pyrnn.GRU(3, 5).eval()
-    with pytest.raises(Exception, match="pyrnn::"):
+    with pytest.warns(UserWarning, match="unrolls the recurrence over the example input's 4 time steps"):
         torch.onnx.export(m, (torch.randn(4, 2, 3),), io.BytesIO(), dynamo=False)
 
 
