@@ -75,6 +75,11 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
             return cell(mode, x, h0, c0, w)
     if ops.needs_composite():
         return composite.cell(mode, x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+        # In float32, as the layers (recurrence) and torch's CPU cells compute half types.
+        f32 = lambda t: None if t is None else t.float()  # noqa: E731
+        h, c = cell(mode, x.float(), h0.float(), f32(c0), LayerWeights(*(f32(t) for t in w)))
+        return h.to(x.dtype), None if c is None else c.to(x.dtype)
     if x.is_cpu and x.dtype in ops._KERNEL_DTYPES and _backend.get_backend() in ("auto", "cpu"):
         save = _needs_workspace(x, h0, c0, *w)
         args = (x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)

@@ -195,3 +195,29 @@ def test_cell_outputs_changed_in_place(name, batch, dtype):
         got = run(ours)
     for g, e in zip(got, expected):
         assert_close(g, e, dtype, "grad")
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_types_on_cpu_compute_in_float32(name, dtype):
+    """bf16/fp16 modules on the CPU (torch.nn's run them) compute in float32 and round once: the outputs and
+    gradients of torch.nn's float32 module on the same (rounded) values, rounded. The cells raised before."""
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(3, 5)
+    ours = getattr(pyrnn, name)(3, 5).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())  # the rounded weights, in float32
+    x = torch.randn((2, 3) if name.endswith("Cell") else (4, 2, 3)).to(dtype).requires_grad_()
+    x32 = x.detach().float().requires_grad_()
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    with forbid_torch_rnn():
+        out = first(ours(x))
+        out.float().square().sum().backward()
+    expected = first(ref(x32))
+    expected.square().sum().backward()
+    assert out.dtype == dtype and x.grad.dtype == dtype
+    tol = dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.float(), expected.to(dtype).float(), **tol)
+    torch.testing.assert_close(x.grad.float(), x32.grad.to(dtype).float(), **tol)
+    for (pname, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad.float(), q.grad.to(dtype).float(), **tol, msg=pname)
