@@ -43,7 +43,15 @@ def _run_eagerly(module, input, hx):
 _eager_forward = None
 
 
-class _RecurrentMixin:
+class _Scriptable:
+    def __prepare_scriptable__(self):
+        # torch.jit.script compiles pyrnn.scripting's twin (same parameters, TorchScript calling pyrnn's ops).
+        from . import scripting  # on first use: only torch.jit.script needs it
+
+        return scripting.twin(self)
+
+
+class _RecurrentMixin(_Scriptable):
     """forward() for RNN, LSTM and GRU, shared; the torch.nn base class supplies everything else."""
 
     mode: str
@@ -205,7 +213,7 @@ def _cell_step(mode: str, cell: nn.Module, input: Tensor, h0: Tensor, c0: Option
     return functional.cell(mode, input, h0, c0, w)
 
 
-class RNNCell(nn.RNNCell):
+class RNNCell(_Scriptable, nn.RNNCell):
     __doc__ = "pyrnn drop-in for :class:`torch.nn.RNNCell`.\n\n" + (nn.RNNCell.__doc__ or "")
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
@@ -228,7 +236,7 @@ class RNNCell(nn.RNNCell):
         return h if is_batched else h.squeeze(0)
 
 
-class GRUCell(nn.GRUCell):
+class GRUCell(_Scriptable, nn.GRUCell):
     __doc__ = "pyrnn drop-in for :class:`torch.nn.GRUCell`.\n\n" + (nn.GRUCell.__doc__ or "")
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
@@ -248,7 +256,7 @@ class GRUCell(nn.GRUCell):
         return h if is_batched else h.squeeze(0)
 
 
-class LSTMCell(nn.LSTMCell):
+class LSTMCell(_Scriptable, nn.LSTMCell):
     __doc__ = "pyrnn drop-in for :class:`torch.nn.LSTMCell`.\n\n" + (nn.LSTMCell.__doc__ or "")
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
