@@ -58,6 +58,8 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
     # batch sizes' values, which torch.export (ONNX export) cannot read.
     T, B = batch_sizes.shape[0], h0.shape[0]
     padded = _same_size(x.shape[0], T * B)
+    if padded and exporting_graph():
+        return _layer_scan(mode, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse)
     sizes = [B] * T if padded else batch_sizes.tolist()
     # One split node (not a slice per step, whose backward would write each step's gradient into a zeroed
     # copy of all of gx): gx [N, G*H] -> a view per step.
@@ -78,6 +80,42 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
             h, c = torch.cat([h_t, h_keep]), None if c is None else torch.cat([c_t, c_keep])
         ys[t] = h_t
     return torch.cat(ys), h, c
+
+
+def exporting_graph() -> bool:
+    """torch.export at work (the default ONNX exporter's capture; not the TorchScript exporter's tracer): a padded
+    layer is then one scan over the steps, which exports as ONNX's Scan, so the graph takes any sequence length."""
+    return torch.compiler.is_exporting() and not torch.jit.is_tracing()
+
+
+def _layer_scan(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor,
+                w_hr: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], reverse: bool
+                ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """layer() of a padded input ([N, I] = [T*B, I]) as torch's scan higher-order op over gx [T, B, G*H]."""
+    from torch._higher_order_ops.scan import scan
+
+    B = h0.shape[0]
+    gx = _projection(mode, x, w_ih, b_ih, b_hh)
+    gx = gx.view(-1, B, gx.shape[1])  # [T, B, G*H]
+    if reverse:
+        gx = gx.flip(0)
+    w_hh_t, w_hr_t = w_hh.t(), None if w_hr is None else w_hr.t()
+
+    def lstm_step(state: tuple[Tensor, Tensor], gx_t: Tensor):
+        h, c = step(mode, gx_t, state[0], state[1], w_hh_t, b_hh, w_hr_t)
+        return (h, c), h.clone()  # (scan's outputs may not alias its carry)
+
+    def other_step(h: Tensor, gx_t: Tensor):
+        h, _ = step(mode, gx_t, h, None, w_hh_t, b_hh, w_hr_t)
+        return h, h.clone()
+
+    if mode == "LSTM":
+        (h_n, c_n), ys = scan(lstm_step, (h0, c0), gx)
+    else:
+        (h_n, ys), c_n = scan(other_step, h0, gx), None
+    if reverse:
+        ys = ys.flip(0)
+    return ys.reshape(-1, ys.shape[2]), h_n, c_n
 
 
 def _same_size(a, b) -> bool:

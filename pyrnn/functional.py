@@ -106,14 +106,15 @@ def _without_autocast(x: Tensor):
 
 
 def _warn_unrolled(batch_sizes: Tensor) -> None:
-    # ONNX export traces pyrnn.composite's loop step by step (torch.nn's LSTM, under the default dynamo exporter, also
-    # takes its example's length only). The step count is a traced value under the TorchScript exporter, whose
-    # tracer would warn that reading it makes it a constant: here, that is the point.
+    # ONNX's TorchScript exporter traces pyrnn.composite's loop step by step (the default exporter gets a scan). The
+    # step count is a traced value there, whose tracer would warn that reading it makes it a constant: here, that is
+    # the point.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         steps = int(batch_sizes.shape[0])
     warnings.warn(f"pyrnn: ONNX export unrolls the recurrence over the example input's {steps} time steps: the "
-                  "exported graph takes sequences of that length only (its batch size may be dynamic)", stacklevel=4)
+                  "exported graph takes sequences of that length only (its batch size may be dynamic; the default "
+                  "exporter, dynamo=True, takes any length)", stacklevel=4)
 
 
 def recurrence(
@@ -145,7 +146,7 @@ def recurrence(
             num_layers, dropout, training, bidirectional,
         )
         return out.to(x.dtype), h_n.to(x.dtype), None if c_n is None else c_n.to(x.dtype)
-    if ops.exporting_to_onnx():
+    if ops.exporting_to_onnx() and not composite.exporting_graph():
         _warn_unrolled(batch_sizes)
     D = 2 if bidirectional else 1
     h_n, c_n = [], []

@@ -176,7 +176,7 @@ ONNX_CASES = [  # name, constructor arguments, whether h0 (and c0) are given, un
 ]
 
 
-def _export_args(name, kw, with_state, unbatched, B, T=4, I=3, H=5):
+def _export_args(name, kw, with_state, unbatched, B, T, I=3, H=5):
     """The example inputs of a module, and for each its batch dimension (None: unbatched)."""
     gen = torch.Generator().manual_seed(B)
     if name.endswith("Cell"):
@@ -202,8 +202,9 @@ def _flat(args):
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
 @pytest.mark.parametrize("name,kw,with_state,unbatched", ONNX_CASES, ids=str)
 def test_onnx_export_runs_in_onnxruntime_like_torch_nn(name, kw, with_state, unbatched, dynamo, tmp_path):
-    """torch.onnx.export (both exporters) gives a graph of standard ONNX ops (pyrnn.composite's, traced; no pyrnn
-    op) that onnxruntime runs to torch.nn's outputs, every output, at another batch size than the example's."""
+    """torch.onnx.export (both exporters) gives a graph of standard ONNX ops (pyrnn.composite's; no pyrnn op) that
+    onnxruntime runs to torch.nn's outputs, every output, at another batch size than the example's; the default
+    exporter's (a Scan over the steps) also at another sequence length, which torch.nn's own export cannot do."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
@@ -211,19 +212,26 @@ def test_onnx_export_runs_in_onnxruntime_like_torch_nn(name, kw, with_state, unb
     ref = getattr(torch.nn, name)(3, 5, **kw).eval()
     ours = getattr(pyrnn, name)(3, 5, **kw).eval()
     ours.load_state_dict(ref.state_dict())
-    example, batch_dims = _export_args(name, kw, with_state, unbatched, B=2)
+    example, batch_dims = _export_args(name, kw, with_state, unbatched, B=2, T=4)
     names = [f"in{i}" for i in range(len(batch_dims))]
     dynamic_axes = {} if unbatched else {n: {d: "batch"} for n, d in zip(names, batch_dims)}
+    any_length = dynamo and not name.endswith("Cell")
+    if any_length:
+        time_dim = 0 if unbatched or not kw.get("batch_first") else 1
+        dynamic_axes.setdefault(names[0], {})[time_dim] = "time"
     path = tmp_path / "model.onnx"
     with warnings.catch_warnings(), forbid_torch_rnn():
         warnings.simplefilter("ignore")  # the exporters' own, and pyrnn's note that the steps are unrolled
-        if dynamo:
-            torch.onnx.export(ours, example, dynamo=True, input_names=names, dynamic_axes=dynamic_axes,
+        if dynamo:  # dynamic_shapes, structured as the inputs (dynamic_axes loses a nested (h0, c0))
+            dims = {"batch": torch.export.Dim("batch"), "time": torch.export.Dim("time")}
+            shapes = [{d: dims[label] for d, label in dynamic_axes.get(n, {}).items()} for n in names]
+            shapes = (shapes[0], tuple(shapes[1:])) if len(shapes) == 3 else tuple(shapes)
+            torch.onnx.export(ours, example, dynamo=True, input_names=names, dynamic_shapes=shapes,
                               verbose=False).save(str(path))
         else:
             torch.onnx.export(ours, example, str(path), dynamo=False, input_names=names, dynamic_axes=dynamic_axes)
     session = ort.InferenceSession(str(path))
-    args, _ = _export_args(name, kw, with_state, unbatched, B=2 if unbatched else 3)
+    args, _ = _export_args(name, kw, with_state, unbatched, B=2 if unbatched else 3, T=6 if any_length else 4)
     got = session.run(None, {n: t.numpy() for n, t in zip(names, _flat(args))})
     with torch.no_grad():
         expected = ref(*args)
@@ -233,7 +241,7 @@ def test_onnx_export_runs_in_onnxruntime_like_torch_nn(name, kw, with_state, unb
         torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-5, atol=1e-6)
 
 
-def test_onnx_export_says_the_steps_are_unrolled():
+def test_onnx_torchscript_export_says_the_steps_are_unrolled():
     pytest.importorskip("onnxscript")
     m = pyrnn.GRU(3, 5).eval()
     with pytest.warns(UserWarning, match="unrolls the recurrence over the example input's 4 time steps"):
