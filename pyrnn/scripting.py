@@ -233,6 +233,18 @@ def _cell_in_dtype(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih:
     return h, c
 
 
+def _cell_input(name: str, input: Tensor) -> Tuple[Tensor, bool]:
+    """A cell's input as [B, I], and whether it came batched."""
+    if input.dim() != 1 and input.dim() != 2:
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    is_batched = input.dim() == 2
+    return (input if is_batched else input.unsqueeze(0)), is_batched
+
+
+def _cell_zeros(input: Tensor, hidden_size: int) -> Tensor:
+    return torch.zeros(input.size(0), hidden_size, dtype=input.dtype, device=input.device)
+
+
 def _check_cell(input: Tensor, hx: Tensor, label: str, input_size: int, hidden_size: int) -> None:
     if input.size(1) != input_size:
         raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")
@@ -246,15 +258,11 @@ class _ScriptedSingleStateCell:
     """What GRUCell's and RNNCell's twins share."""
 
     def _single_state(self, name: str, mode: str, input: Tensor, hx: Optional[Tensor]) -> Tensor:
-        if input.dim() != 1 and input.dim() != 2:
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        input, is_batched = _cell_input(name, input)
         if hx is not None and hx.dim() != 1 and hx.dim() != 2:
             raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
         if hx is None:
-            h0 = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            h0 = _cell_zeros(input, self.hidden_size)
         else:
             h0 = hx if is_batched else hx.unsqueeze(0)
         _check_cell(input, h0, "0", self.input_size, self.hidden_size)
@@ -264,13 +272,9 @@ class _ScriptedSingleStateCell:
 
 class ScriptedLSTMCell(nn.LSTMCell):
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
-        if input.dim() != 1 and input.dim() != 2:
-            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
+        input, is_batched = _cell_input("LSTMCell", input)
         if hx is None:
-            h0 = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            h0 = _cell_zeros(input, self.hidden_size)
             c0 = h0
         else:
             h0, c0 = hx
