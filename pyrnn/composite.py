@@ -5,8 +5,9 @@ itself is differentiated (create_graph=True: double backward, gradient penalties
 the ops' backward (pyrnn/ops.py) recomputes the forward with these functions and lets autograd differentiate them,
 which records that graph; so it does for gradients batched by is_grads_batched=True, whose tensors have no storage
 for the kernels to read. Forward-mode AD and nested torch.func transforms run these functions in place of the ops
-(pyrnn/functional.py), and so does torch.onnx.export, whose graph can hold no pyrnn op. Same formulas as the kernels and torch.nn (../shared/spec/PARITY.md), none of torch's
-recurrent kernels; several times slower than pyrnn's kernels, so nothing else runs them.
+(pyrnn/functional.py), and so does torch.onnx.export, whose graph can hold no pyrnn op. Same formulas as the
+kernels and torch.nn (../shared/spec/PARITY.md), none of torch's recurrent kernels; several times slower than
+pyrnn's kernels, so nothing else runs them.
 
 Shapes as in pyrnn.ops: x [N, I] packed time-major, step t owning rows [offset[t], offset[t] + batch_sizes[t]);
 w_ih [G*H, I], w_hh [G*H, Hin], w_hr [P, H], h0 [B, Hin], c0 [B, H].
