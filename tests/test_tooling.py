@@ -177,22 +177,23 @@ ONNX_CASES = [  # name, constructor arguments, whether h0 (and c0) are given, un
 
 
 def _export_args(name, kw, with_state, unbatched, B, T, I=3, H=5):
-    """The example inputs of a module, and for each its batch dimension (None: unbatched)."""
+    """The example inputs of a module, and for each its batch dimension."""
     gen = torch.Generator().manual_seed(B)
     if name.endswith("Cell"):
-        x, state_shape, batch_dim = torch.randn(B, I, generator=gen), (B, H), 0
+        x, state_shape, x_batch_dim, state_batch_dim = torch.randn(B, I, generator=gen), (B, H), 0, 0
     else:
         D, L, P = 2 if kw.get("bidirectional") else 1, kw.get("num_layers", 1), kw.get("proj_size", 0)
         bf = kw.get("batch_first", False)
-        x = torch.randn(T, I, generator=gen) if unbatched else torch.randn(*((B, T) if bf else (T, B)), I, generator=gen)
-        state_shape, batch_dim = ((D * L, P or H) if unbatched else (D * L, B, P or H)), 1
+        x_shape = (T, I) if unbatched else ((B, T, I) if bf else (T, B, I))
+        x, x_batch_dim, state_batch_dim = torch.randn(x_shape, generator=gen), 0 if bf else 1, 1
+        state_shape = (D * L, P or H) if unbatched else (D * L, B, P or H)
     if not with_state:
-        return (x,), [0 if name.endswith("Cell") or kw.get("batch_first") else 1]
+        return (x,), [x_batch_dim]
     h0 = torch.randn(state_shape, generator=gen)
     if name.startswith("LSTM"):
         c0 = torch.randn(*state_shape[:-1], H, generator=gen)
-        return (x, (h0, c0)), [0 if name.endswith("Cell") or kw.get("batch_first") else 1, batch_dim, batch_dim]
-    return (x, h0), [0 if name.endswith("Cell") or kw.get("batch_first") else 1, batch_dim]
+        return (x, (h0, c0)), [x_batch_dim, state_batch_dim, state_batch_dim]
+    return (x, h0), [x_batch_dim, state_batch_dim]
 
 
 def _flat(args):
