@@ -75,11 +75,6 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
             return cell(mode, x, h0, c0, w)
     if ops.needs_composite():
         return composite.cell(mode, x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
-    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
-        # In float32, as the layers (recurrence) and torch's CPU cells compute half types.
-        f32 = lambda t: None if t is None else t.float()  # noqa: E731
-        h, c = cell(mode, x.float(), h0.float(), f32(c0), LayerWeights(*(f32(t) for t in w)))
-        return h.to(x.dtype), None if c is None else c.to(x.dtype)
     if x.is_cpu and x.dtype in ops._KERNEL_DTYPES and _backend.get_backend() in ("auto", "cpu"):
         save = _needs_workspace(x, h0, c0, *w)
         args = (x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
@@ -87,6 +82,12 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
             return ops.cell_inference(mode, *args)
         h, c, *_ = ops.apply(ops.cell, mode, *args, save)
         return h, (c if mode == "LSTM" else None)
+    if x.is_cpu and x.dtype in (torch.bfloat16, torch.float16):
+        # In float32, as the layers (recurrence) and torch's CPU cells compute half types. (After the float32 path:
+        # x.device.type alone costs 0.35 us, 2-3% of a B=1 cell call.)
+        f32 = lambda t: None if t is None else t.float()  # noqa: E731
+        h, c = cell(mode, x.float(), h0.float(), f32(c0), LayerWeights(*(f32(t) for t in w)))
+        return h.to(x.dtype), None if c is None else c.to(x.dtype)
     h, _, c = layer_direction(mode, x, time_major_batch_sizes(1, x.shape[0]), h0, c0, w, reverse=False)
     return h, c
 
