@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional
+from . import functional, scripting
+from .scripting import check_cell
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -46,8 +47,6 @@ _eager_forward = None
 class _Scriptable:
     def __prepare_scriptable__(self):
         # torch.jit.script compiles pyrnn.scripting's twin (same parameters, TorchScript calling pyrnn's ops).
-        from . import scripting  # on first use: only torch.jit.script needs it
-
         return scripting.twin(self)
 
 
@@ -188,20 +187,6 @@ class GRU(_RecurrentMixin, nn.GRU):
 # ---------------------------------------------------------------------------------------------------- cells
 
 
-def _check_cell_input(cell: nn.Module, input: Tensor) -> None:
-    if input.size(1) != cell.input_size:
-        raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {cell.input_size}")
-
-
-def _check_cell_hidden(cell: nn.Module, input: Tensor, hx: Tensor, label: str) -> None:
-    if input.size(0) != hx.size(0):
-        raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{label} batch size {hx.size(0)}")
-    if hx.size(1) != cell.hidden_size:
-        raise RuntimeError(
-            f"hidden{label} has inconsistent hidden_size: got {hx.size(1)}, expected {cell.hidden_size}"
-        )
-
-
 def _cell_step(mode: str, cell: nn.Module, input: Tensor, h0: Tensor, c0: Optional[Tensor]):
     # One step. input: [B, I], h0/c0: [B, H]. Returns h and c (LSTM) or None.
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -229,8 +214,7 @@ class RNNCell(_Scriptable, nn.RNNCell):
             hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
         else:
             hx = hx if is_batched else hx.unsqueeze(0)
-        _check_cell_input(self, input)
-        _check_cell_hidden(self, input, hx, "0")
+        check_cell(input, hx, "0", self.input_size, self.hidden_size)
         mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
         h, _ = _cell_step(mode, self, input, hx, None)
         return h if is_batched else h.squeeze(0)
@@ -250,8 +234,7 @@ class GRUCell(_Scriptable, nn.GRUCell):
             hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
         else:
             hx = hx if is_batched else hx.unsqueeze(0)
-        _check_cell_input(self, input)
-        _check_cell_hidden(self, input, hx, "0")
+        check_cell(input, hx, "0", self.input_size, self.hidden_size)
         h, _ = _cell_step("GRU", self, input, hx, None)
         return h if is_batched else h.squeeze(0)
 
@@ -273,8 +256,7 @@ class LSTMCell(_Scriptable, nn.LSTMCell):
             hx = (zeros, zeros)
         else:
             hx = hx if is_batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        _check_cell_input(self, input)
-        _check_cell_hidden(self, input, hx[0], "0")
-        _check_cell_hidden(self, input, hx[1], "1")
+        check_cell(input, hx[0], "0", self.input_size, self.hidden_size)
+        check_cell(input, hx[1], "1", self.input_size, self.hidden_size)
         h, c = _cell_step("LSTM", self, input, hx[0], hx[1])
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))

@@ -245,7 +245,8 @@ def _cell_zeros(input: Tensor, hidden_size: int) -> Tensor:
     return torch.zeros(input.size(0), hidden_size, dtype=input.dtype, device=input.device)
 
 
-def _check_cell(input: Tensor, hx: Tensor, label: str, input_size: int, hidden_size: int) -> None:
+def check_cell(input: Tensor, hx: Tensor, label: str, input_size: int, hidden_size: int) -> None:
+    """torch.nn's cell checks of input [B, I] and one state [B, H], its messages (pyrnn.modules' cells too)."""
     if input.size(1) != input_size:
         raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")
     if input.size(0) != hx.size(0):
@@ -265,7 +266,7 @@ class _ScriptedSingleStateCell:
             h0 = _cell_zeros(input, self.hidden_size)
         else:
             h0 = hx if is_batched else hx.unsqueeze(0)
-        _check_cell(input, h0, "0", self.input_size, self.hidden_size)
+        check_cell(input, h0, "0", self.input_size, self.hidden_size)
         h, _ = _cell(mode, input, h0, None, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return h if is_batched else h.squeeze(0)
 
@@ -284,8 +285,8 @@ class ScriptedLSTMCell(nn.LSTMCell):
                 raise ValueError(f"LSTMCell: Expected hx[1] to be 1D or 2D, got {c0.dim()}D instead")
             if not is_batched:
                 h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
-        _check_cell(input, h0, "0", self.input_size, self.hidden_size)
-        _check_cell(input, c0, "1", self.input_size, self.hidden_size)
+        check_cell(input, h0, "0", self.input_size, self.hidden_size)
+        check_cell(input, c0, "1", self.input_size, self.hidden_size)
         h, c = _cell("LSTM", input, h0, c0, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         assert c is not None
         if not is_batched:
