@@ -297,16 +297,58 @@ inline int threads_for(int64_t macs_per_step, int64_t panels, int requested) {
   return n;
 }
 
+// A thread's share of the unit split: runs of unit panels, each over a range of batch rows.
+struct UnitShare {
+  struct Segment {
+    int64_t panel_begin, panel_end;
+    Range rows;  // of the full batch; a packed batch's step intersects them with its active rows
+  };
+  Segment segment[3];
+  int count = 0;
+  int64_t panel_begin = 0, panel_end = 0;  // every panel of the segments
+
+  const Segment* begin() const { return segment; }
+  const Segment* end() const { return segment + count; }
+  void add(int64_t p0, int64_t p1, int64_t r0, int64_t r1) {
+    if (p1 <= p0 || r1 <= r0) return;
+    if (count == 0) panel_begin = p0;
+    panel_end = p1;
+    segment[count++] = {p0, p1, {r0, r1}};
+  }
+};
+
 // How a layer's hidden units are split: forward panels of NU unit vectors (all G gates of NU*W units,
-// gate-interleaved), whole panels per thread.
+// gate-interleaved).
 template <typename T, typename Cell>
 struct UnitSplit {
   static constexpr int W = Simd<T>::W;
   static constexpr int kUnitsPerPanel = Cell::NU * W;
   static int64_t panels(int64_t H) { return (H + kUnitsPerPanel - 1) / kUnitsPerPanel; }
+  static Range units_of(int64_t H, int64_t panel_begin, int64_t panel_end) {
+    return {std::min(H, panel_begin * kUnitsPerPanel), std::min(H, panel_end * kUnitsPerPanel)};
+  }
+  // Whole panels per thread.
   static Range units(int64_t H, int tid, int nt) {
     const Range p = split(panels(H), tid, nt, 1);
-    return {std::min(H, p.begin * kUnitsPerPanel), std::min(H, p.end * kUnitsPerPanel)};
+    return units_of(H, p.begin, p.end);
+  }
+  // Equal shares of the (panel, batch row) grid taken panel by panel, where whole panels would not divide
+  // evenly: H = 200 is 13 panels of 16 units, which gave one of two threads 7 and the other 6, and every step
+  // waited for the 7 (LSTM forward at T=35 B=20: as slow as H = 224). The panel on a boundary is shared by rows,
+  // so a share is at most three segments: the last rows of a panel, whole panels, the first rows of another.
+  static UnitShare share(int64_t H, int64_t B, int tid, int nt) {
+    UnitShare out;
+    const int64_t rows = std::max<int64_t>(B, 1);  // B = 0: whole panels, no rows
+    const int64_t total = panels(H) * rows, first = total * tid / nt, last = total * (tid + 1) / nt;
+    const int64_t p0 = first / rows, r0 = first % rows, p1 = last / rows, r1 = last % rows;
+    if (p0 == p1) {
+      out.add(p0, p0 + 1, r0, std::min(r1, B));
+      return out;
+    }
+    if (r0 > 0) out.add(p0, p0 + 1, r0, B);
+    out.add(r0 > 0 ? p0 + 1 : p0, p1, 0, B);
+    out.add(p1, p1 + 1, 0, std::min(r1, B));
+    return out;
   }
 };
 
@@ -662,17 +704,24 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
                                         kRowSplitForwardMaxBytes, a.B * G * H * Hin);
   const int nthreads = by_rows ? by_rows : threads_for(a.B * G * H * Hin, all_panels, a.nthreads);
   ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
-    // Row split: every unit and column of the thread's own rows, no barriers. Unit split: the thread's units
-    // (and projection columns) of every row, a barrier after each phase of a step.
-    const Range units = by_rows ? Range{0, H} : UnitSplit<T, Cell>::units(H, tid, nt);
-    const Range proj_cols = by_rows ? Range{0, P} : split(P, tid, nt, W);
-    const Range state_cols = P > 0 ? proj_cols : units;
+    // Row split: every unit and column of the thread's own rows, no barriers. Unit split: the thread's share of
+    // the units (and projection columns) of every row, a barrier after each phase of a step.
     const Range my_rows = by_rows ? row_block(s, tid, nt) : Range{0, a.B};
+    UnitShare share;
+    if (by_rows)
+      share.add(0, all_panels, my_rows.begin, my_rows.end);
+    else
+      share = UnitSplit<T, Cell>::share(H, a.B, tid, nt);
+    const Range units = UnitSplit<T, Cell>::units_of(H, share.panel_begin, share.panel_end);
+    const Range proj_cols = by_rows ? Range{0, P} : split(P, tid, nt, W);
+    // The state columns each thread copies into h_prev_ws, of its rows: any partition will do (the state is
+    // complete after the step's barrier), so whole panels for the unit split.
+    const Range state_cols = P > 0 ? proj_cols : by_rows ? Range{0, H} : UnitSplit<T, Cell>::units(H, tid, nt);
     auto sync = [&] {
       if (!by_rows) barrier.wait();
     };
     // Gate-interleaved panels of this thread's units: panel[k][g*NU + nu][lane] = W_hh[g*H + unit, k].
-    const int64_t my_panels = (units.end - units.begin + NPC - 1) / NPC;
+    const int64_t my_panels = share.panel_end - share.panel_begin;
     PanelBuffer<T> panels(my_panels * Hin * NV * W);
     for (int64_t p = 0; p < my_panels; ++p) {
       const int64_t u0 = units.begin + p * NPC;
@@ -692,12 +741,15 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
       if (!Cell::kPrefetchGx || it >= a.T) return;
       const int64_t t = s.time_at(it), off = s.offset[t];
       constexpr int64_t kLine = 64 / sizeof(T);
-      const Range r = active_rows(s, my_rows, t);
-      for (int64_t b = r.begin; b < r.end; ++b)
-        for (int g = 0; g < G; ++g) {
-          const T* row = gx + (off + b) * G * H + g * H;
-          for (int64_t u = units.begin; u < units.end; u += kLine) __builtin_prefetch(row + u, 0, 2);
-        }
+      for (const auto& seg : share) {
+        const Range r = active_rows(s, seg.rows, t);
+        const Range u = UnitSplit<T, Cell>::units_of(H, seg.panel_begin, seg.panel_end);
+        for (int64_t b = r.begin; b < r.end; ++b)
+          for (int g = 0; g < G; ++g) {
+            const T* row = gx + (off + b) * G * H + g * H;
+            for (int64_t c = u.begin; c < u.end; c += kLine) __builtin_prefetch(row + c, 0, 2);
+          }
+      }
     };
     for (int64_t it = 0; it < a.T; ++it) {
       const int64_t t = s.time_at(it), off = s.offset[t];
@@ -709,22 +761,26 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
         for (int64_t b = r0; b < r0 + nrows; ++b)
           copy_row(state_row(t, b) + state_cols.begin, state_cols.end - state_cols.begin,
                    h_prev_ws + (off + b) * Hin + state_cols.begin);
-      auto rows = [&](int64_t i) { return state_row(t, r0 + i); };
-      for (int64_t p = 0; p < my_panels; ++p) {
-        const int64_t u0 = units.begin + p * NPC;
-        gemm_rows<T, MR, NV>(nrows, Hin, panels.data + p * Hin * NV * W, rows, [&](int64_t i, const Vec<T>* acc) {
-          const int64_t b = r0 + i;
-          const int64_t prev = s.prev_row(t, b);
-          const T* hp = state_row(t, b);
-          for (int nu = 0; nu < Cell::NU; ++nu) {
-            const int64_t u = u0 + nu * W;
-            if (u >= units.end) break;
-            Vec<T> gate_acc[G];
-            for (int g = 0; g < G; ++g) gate_acc[g] = acc[g * Cell::NU + nu];
-            cell.forward_vec(off + b, b, prev, it, u, static_cast<int>(std::min<int64_t>(W, units.end - u)), hp,
-                             gate_acc);
-          }
-        });
+      for (const auto& seg : share) {
+        const Range seg_rows = active_rows(s, seg.rows, t);
+        auto rows = [&](int64_t i) { return state_row(t, seg_rows.begin + i); };
+        for (int64_t p = seg.panel_begin; p < seg.panel_end; ++p) {
+          const int64_t u0 = p * NPC, u_end = std::min(H, u0 + NPC);
+          const T* panel = panels.data + (p - share.panel_begin) * Hin * NV * W;
+          gemm_rows<T, MR, NV>(seg_rows.end - seg_rows.begin, Hin, panel, rows, [&](int64_t i, const Vec<T>* acc) {
+            const int64_t b = seg_rows.begin + i;
+            const int64_t prev = s.prev_row(t, b);
+            const T* hp = state_row(t, b);
+            for (int nu = 0; nu < Cell::NU; ++nu) {
+              const int64_t u = u0 + nu * W;
+              if (u >= u_end) break;
+              Vec<T> gate_acc[G];
+              for (int g = 0; g < G; ++g) gate_acc[g] = acc[g * Cell::NU + nu];
+              cell.forward_vec(off + b, b, prev, it, u, static_cast<int>(std::min<int64_t>(W, u_end - u)), hp,
+                               gate_acc);
+            }
+          });
+        }
       }
       if (P > 0) {
         sync();
@@ -820,26 +876,45 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
       kRowSplitBackwardMaxBytes, a.B * GH * Hin);
   const int nthreads = by_rows ? by_rows : threads_for(a.B * GH * Hin, UnitSplit<T, Cell>::panels(H), a.nthreads);
   ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier& barrier) {
-    // As in the forward: a row split owns every unit and column of its rows and needs no barrier.
-    const Range units = by_rows ? Range{0, H} : UnitSplit<T, Cell>::units(H, tid, nt);
-    // Columns of the dh GEMM: the thread's own units, or without that option (projection) a split of P.
-    const Range in_cols = by_rows ? Range{0, Hin} : P > 0 ? split(P, tid, nt, W) : units;
+    // As in the forward: a row split owns every unit and column of its rows and needs no barrier. Without a
+    // projection, a unit split takes the forward's balanced share of (unit panel, row) pairs, and the columns of
+    // the dh GEMM are the units of each segment, for its rows.
     const Range my_rows = by_rows ? row_block(s, tid, nt) : Range{0, a.B};
+    UnitShare share;
+    if (by_rows || P > 0) {
+      const Range p = by_rows ? Range{0, UnitSplit<T, Cell>::panels(H)} : split(UnitSplit<T, Cell>::panels(H), tid, nt, 1);
+      share.add(p.begin, p.end, my_rows.begin, my_rows.end);
+    } else {
+      share = UnitSplit<T, Cell>::share(H, a.B, tid, nt);
+    }
+    const Range units = UnitSplit<T, Cell>::units_of(H, share.panel_begin, share.panel_end);
+    // The dh GEMM's work: its columns for a range of rows. One item (all columns of the thread's rows, or with a
+    // projection a split of P over every row), or one per segment of the share (its units, for its rows).
+    const bool segmented = !by_rows && P == 0;
+    const Range in_cols = by_rows ? Range{0, Hin} : P > 0 ? split(P, tid, nt, W) : Range{0, 0};
+    const int dh_items = segmented ? share.count : 1;
+    auto dh_cols = [&](int i) -> Range {
+      if (i >= dh_items) return {0, 0};
+      if (!segmented) return in_cols;
+      return UnitSplit<T, Cell>::units_of(H, share.segment[i].panel_begin, share.segment[i].panel_end);
+    };
+    auto dh_rows = [&](int i) { return segmented ? share.segment[i].rows : my_rows; };
     auto sync = [&] {
       if (!by_rows) barrier.wait();
     };
     // The rows of this thread active at iteration it.
     auto rows_at = [&](int64_t it) { return active_rows(s, my_rows, s.time_at(it)); };
-    ColumnPanels<T, NV> dh_panels(in_cols, GH);  // [g*H + unit][column] = W_hh as it lies: packed by rows
-    dh_panels.pack_rows(GH, w_hh, Hin);
+    // [g*H + unit][column] = W_hh as it lies, packed by rows: one set of panels per item.
+    ColumnPanels<T, NV> dh_panels[3] = {{dh_cols(0), GH}, {dh_cols(1), GH}, {dh_cols(2), GH}};
+    for (auto& panels : dh_panels) panels.pack_rows(GH, w_hh, Hin);
     ColumnPanels<T, NV> dm_panels(P > 0 ? units : Range{0, 0}, P);
     dm_panels.pack_rows(P, w_hr, H);
 
     // Pointwise backward of iteration it for this thread's units (dh from dy + carry, or through W_hr^T).
     auto pointwise = [&](int64_t it) {
       const int64_t t = s.time_at(it), off = s.offset[t];
-      const Range r = rows_at(it);
       if (P > 0) {
+        const Range r = rows_at(it);
         auto rows = [&](int64_t i) -> const T* { return dh_total + (off + r.begin + i) * P; };
         for (int64_t p = 0; p < dm_panels.count; ++p) {
           const int64_t j0 = dm_panels.first_col(p);
@@ -857,12 +932,16 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
         }
         return;
       }
-      for (int64_t b = r.begin; b < r.end; ++b) {
-        const int64_t n = off + b, next = s.next_row(t, b), prev = s.prev_row(t, b);
-        const T* carry = carry_row(it, b);
-        for (int64_t u = units.begin; u < units.end; u += W) {
-          const int cnt = static_cast<int>(std::min<int64_t>(W, units.end - u));
-          cell.backward_vec(n, b, u, cnt, vload(dy + n * Hin + u, cnt) + vload(carry + u, cnt), next, prev, it);
+      for (const auto& seg : share) {
+        const Range r = active_rows(s, seg.rows, t);
+        const Range seg_units = UnitSplit<T, Cell>::units_of(H, seg.panel_begin, seg.panel_end);
+        for (int64_t b = r.begin; b < r.end; ++b) {
+          const int64_t n = off + b, next = s.next_row(t, b), prev = s.prev_row(t, b);
+          const T* carry = carry_row(it, b);
+          for (int64_t u = seg_units.begin; u < seg_units.end; u += W) {
+            const int cnt = static_cast<int>(std::min<int64_t>(W, seg_units.end - u));
+            cell.backward_vec(n, b, u, cnt, vload(dy + n * Hin + u, cnt) + vload(carry + u, cnt), next, prev, it);
+          }
         }
       }
     };
@@ -879,25 +958,29 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     // dh_prev of iteration it for this thread's columns.
     auto dh_gemm = [&](int64_t it) {
       const int64_t t = s.time_at(it), off = s.offset[t];
-      const Range r = rows_at(it);
-      auto rows = [&](int64_t i) { return d_gates_h + (off + r.begin + i) * GH; };
-      for (int64_t p = 0; p < dh_panels.count; ++p) {
-        const int64_t c0 = dh_panels.first_col(p);
-        const int nv = dh_panels.width(p);
-        dh_panels.gemm(p, r.end - r.begin, rows, [&](int64_t i, const Vec<T>* acc) {
-          const int64_t b = r.begin + i;
-          const int64_t n = off + b, prev = s.prev_row(t, b);
-          T* out = prev >= 0 ? ring_row(it, b) : dh0 + b * Hin;
-          const T* carry = Cell::kHasDirectPath ? carry_row(it, b) : nullptr;
-          for (int v = 0; v < nv; ++v) {
-            const int64_t c = c0 + v * W;
-            if (c >= in_cols.end) break;
-            const int cnt = static_cast<int>(std::min<int64_t>(W, in_cols.end - c));
-            Vec<T> val = acc[v];
-            if (Cell::kHasDirectPath) val += cell.dh_extra(n, c, cnt, vload(dy + n * Hin + c, cnt) + vload(carry + c, cnt));
-            vstore(out + c, val, cnt);
-          }
-        });
+      for (int i = 0; i < dh_items; ++i) {
+        const ColumnPanels<T, NV>& cols = dh_panels[i];
+        const Range r = active_rows(s, dh_rows(i), t);
+        auto rows = [&](int64_t j) { return d_gates_h + (off + r.begin + j) * GH; };
+        for (int64_t p = 0; p < cols.count; ++p) {
+          const int64_t c0 = cols.first_col(p);
+          const int nv = cols.width(p);
+          cols.gemm(p, r.end - r.begin, rows, [&](int64_t j, const Vec<T>* acc) {
+            const int64_t b = r.begin + j;
+            const int64_t n = off + b, prev = s.prev_row(t, b);
+            T* out = prev >= 0 ? ring_row(it, b) : dh0 + b * Hin;
+            const T* carry = Cell::kHasDirectPath ? carry_row(it, b) : nullptr;
+            for (int v = 0; v < nv; ++v) {
+              const int64_t c = c0 + v * W;
+              if (c >= cols.cols.end) break;
+              const int cnt = static_cast<int>(std::min<int64_t>(W, cols.cols.end - c));
+              Vec<T> val = acc[v];
+              if (Cell::kHasDirectPath)
+                val += cell.dh_extra(n, c, cnt, vload(dy + n * Hin + c, cnt) + vload(carry + c, cnt));
+              vstore(out + c, val, cnt);
+            }
+          });
+        }
       }
     };
 

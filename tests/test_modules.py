@@ -205,17 +205,19 @@ def test_matches_torch_nn(cfg: Config):
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("split", ["units", "rows"])
 def test_threaded_path_matches(cell, threads, split, monkeypatch):
-    """Force the multi-threaded kernels on small odd sizes: hidden units split unevenly across threads, or
-    batch rows split (plain batches, and packed ones whose rows the threads share out by their lengths)."""
+    """Force the multi-threaded kernels on small odd sizes: hidden units split across threads (unit panels that
+    do not divide evenly are shared by batch rows: at hidden 77, 5 panels of 16 units, the second of three
+    threads gets rows of a panel, a whole one and rows of another), or batch rows split (plain batches, and
+    packed ones whose rows the threads share out by their lengths)."""
     old, old_rows = _C.get_parallel_threshold(), _C.get_row_split_min_rows()
     _C.set_parallel_threshold(1)
     _C.set_row_split_min_rows(1 if split == "rows" else 1 << 40)
     try:
         torch.set_num_threads(threads)
-        sizes = [(33, 0), (47, 0), (40, 17)] if cell == "LSTM" else [(33, 0), (47, 0)]
+        sizes = [(33, 0), (47, 0), (77, 0), (40, 17)] if cell == "LSTM" else [(33, 0), (47, 0), (77, 0)]
         for (hidden, proj), packed in itertools.product(sizes, ["unsorted", "no"] if split == "rows" else ["unsorted"]):
             cfg = Config(cell, 5, hidden, 2, True, False, 0.0, True, proj, "relu" if packed == "no" else "tanh", 7,
                          6, packed, False, True, True, torch.float64, hidden)
