@@ -8,18 +8,22 @@ is TorchScript calling pyrnn's registered ops (`torch.ops.pyrnn.*`), forward and
 torch.nn's own input checks (check_forward_args and the like, written for TorchScript) run as they do in torch.nn's
 scripted forward.
 
-What the twins leave out: PackedSequence inputs (torch.nn's scripted LSTM takes them through overloads; here a packed
-input fails to compile), forward-mode AD and autocast's dtype handling (pyrnn.functional's), and C++ deployment: the
-ops are registered from Python, so a scripted model runs where pyrnn is imported, not in libtorch alone.
+The layer twins take a padded tensor or a PackedSequence, as torch.nn's scripted layers do (two overloads of forward,
+one implementation). What they leave out: forward-mode AD and autocast's dtype handling (pyrnn.functional's), and C++
+deployment: the ops are registered from Python, so a scripted model runs where pyrnn is imported, not in libtorch
+alone.
 
 Shapes as in pyrnn.functional: x [N, I] packed time-major (a padded [T, B, I] input has batch_sizes [B] * T).
 """
 
+import sys
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._jit_internal import _overload_method
+from torch.nn.utils.rnn import PackedSequence
 
 
 def _requires_grad(tensors: List[Optional[Tensor]]) -> bool:
@@ -123,15 +127,18 @@ def _check_state_rank(state: Tensor, is_batched: bool) -> None:
 class _ScriptedLayers:
     """What the layer twins share (methods: TorchScript passes no module to a free function)."""
 
+    def _all_layers(self, x: Tensor, batch_sizes: Tensor, hx: Tensor, cx: Optional[Tensor]
+                    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        return _layers(self.mode, x, batch_sizes, hx, cx, self._flat_weights, self.bias, self.proj_size > 0,
+                       self.num_layers, self.bidirectional, float(self.dropout), self.training)
+
     def _padded(self, input: Tensor, hx: Tensor, cx: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """A padded batched input [T, B, I] ([B, T, I] batch_first) through all layers: output in its layout."""
         x = input.transpose(0, 1) if self.batch_first else input
         T, B = x.size(0), x.size(1)
         if T == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        out, h_n, c_n = _layers(self.mode, x.reshape(T * B, x.size(2)), torch.full([T], B, dtype=torch.long), hx,
-                                cx, self._flat_weights, self.bias, self.proj_size > 0, self.num_layers,
-                                self.bidirectional, float(self.dropout), self.training)
+        out, h_n, c_n = self._all_layers(x.reshape(T * B, x.size(2)), torch.full([T], B, dtype=torch.long), hx, cx)
         output = out.view(T, B, out.size(-1))
         return (output.transpose(0, 1) if self.batch_first else output), h_n, c_n
 
@@ -139,6 +146,23 @@ class _ScriptedLayers:
         directions = 2 if self.bidirectional else 1
         batch = input.size(0 if self.batch_first else 1)
         return torch.zeros(self.num_layers * directions, batch, size, dtype=input.dtype, device=input.device)
+
+    def _packed_zeros(self, data: Tensor, batch_sizes: Tensor, size: int) -> Tensor:
+        directions = 2 if self.bidirectional else 1
+        return torch.zeros(self.num_layers * directions, int(batch_sizes[0]), size, dtype=data.dtype,
+                           device=data.device)
+
+    def _packed_single_state(self, input: PackedSequence, hx: Optional[Tensor]) -> Tuple[PackedSequence, Tensor]:
+        # GRU and RNN over a PackedSequence: data [N, I] time-major, hx in the caller's batch order.
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        if hx is None:
+            h0 = self._packed_zeros(data, batch_sizes, self.hidden_size)
+        else:
+            h0 = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(data, h0, batch_sizes)
+        out, h_n, _ = self._all_layers(data, batch_sizes, h0, None)
+        return (PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices),
+                self.permute_hidden(h_n, unsorted_indices))
 
     def _single_state(self, input: Tensor, hx: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         # GRU and RNN: one state tensor.
@@ -159,8 +183,15 @@ class _ScriptedLayers:
 
 
 class ScriptedLSTM(_ScriptedLayers, nn.LSTM):
+    """The twin of an LSTM scripted alone: padded tensors (a module scripted at the top has one forward; torch.nn's
+    LSTM, whose forward is overloaded, does not script alone at all)."""
+
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        return self._tensor_forward(input, hx)
+
+    def _tensor_forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]]
+                        ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         _check_input_rank("LSTM", input)
         is_batched = input.dim() == 3
         batch_dim = 0 if self.batch_first else 1
@@ -186,6 +217,36 @@ class ScriptedLSTM(_ScriptedLayers, nn.LSTM):
         return output, (h_n, c_n)
 
 
+class ScriptedPackableLSTM(ScriptedLSTM):
+    """The twin of an LSTM inside a scripted model: padded tensors or a PackedSequence, through torch.nn's two
+    overloads of forward (the caller's argument type picks one when the parent compiles)."""
+
+    @_overload_method
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        pass
+
+    @_overload_method
+    def forward(self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None  # noqa: F811
+                ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
+        pass
+
+    def forward(self, input, hx=None):  # noqa: F811
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is None:
+                h0 = self._packed_zeros(data, batch_sizes, self.proj_size if self.proj_size > 0 else self.hidden_size)
+                c0 = self._packed_zeros(data, batch_sizes, self.hidden_size)
+            else:
+                h0, c0 = self.permute_hidden(hx, sorted_indices)
+            self.check_forward_args(data, (h0, c0), batch_sizes)
+            out, h_n, c_n = self._all_layers(data, batch_sizes, h0, c0)
+            assert c_n is not None
+            return (PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden((h_n, c_n), unsorted_indices))
+        return self._tensor_forward(input, hx)
+
+
 class ScriptedGRU(_ScriptedLayers, nn.GRU):
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         _check_input_rank("GRU", input)
@@ -194,6 +255,40 @@ class ScriptedGRU(_ScriptedLayers, nn.GRU):
 
 class ScriptedRNN(_ScriptedLayers, nn.RNN):
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        _check_input_rank("RNN", input)
+        return self._single_state(input, hx)
+
+
+class ScriptedPackableGRU(ScriptedGRU):
+    @_overload_method
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        pass
+
+    @_overload_method
+    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None  # noqa: F811
+                ) -> Tuple[PackedSequence, Tensor]:
+        pass
+
+    def forward(self, input, hx=None):  # noqa: F811
+        if isinstance(input, PackedSequence):
+            return self._packed_single_state(input, hx)
+        _check_input_rank("GRU", input)
+        return self._single_state(input, hx)
+
+
+class ScriptedPackableRNN(ScriptedRNN):
+    @_overload_method
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        pass
+
+    @_overload_method
+    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None  # noqa: F811
+                ) -> Tuple[PackedSequence, Tensor]:
+        pass
+
+    def forward(self, input, hx=None):  # noqa: F811
+        if isinstance(input, PackedSequence):
+            return self._packed_single_state(input, hx)
         _check_input_rank("RNN", input)
         return self._single_state(input, hx)
 
@@ -309,14 +404,34 @@ class ScriptedRNNCell(_ScriptedSingleStateCell, nn.RNNCell):
 
 _TWINS = {"LSTM": ScriptedLSTM, "GRU": ScriptedGRU, "RNN": ScriptedRNN, "LSTMCell": ScriptedLSTMCell,
           "GRUCell": ScriptedGRUCell, "RNNCell": ScriptedRNNCell}
+_PACKABLE = {ScriptedLSTM: ScriptedPackableLSTM, ScriptedGRU: ScriptedPackableGRU, ScriptedRNN: ScriptedPackableRNN}
+
+
+def _scripted_alone() -> bool:
+    """Whether torch.jit.script was called on the module being prepared itself rather than on a model holding it:
+    torch's preparation walks the module tree with a memo of the modules done, empty at the top. Where torch's
+    internals differ from that, False (the twin for inside a model, as torch.nn's layers script)."""
+    frame = sys._getframe(1)
+    for _ in range(6):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "call_prepare_scriptable_func_impl":
+            memo = frame.f_locals.get("memo")
+            return isinstance(memo, dict) and not memo
+        frame = frame.f_back
+    return False
 
 
 def twin(module: nn.Module) -> nn.Module:
     """The TorchScript twin of a pyrnn module: same class family, same parameter objects, settings and state. A
-    subclass with a forward of its own is its own business: scripting compiles that forward as it is."""
+    subclass with a forward of its own is its own business: scripting compiles that forward as it is. A layer inside
+    a model gets the twin with torch.nn's two overloads of forward (padded tensors and PackedSequence); one scripted
+    by itself, whose compiled module needs a single forward, the padded one."""
     cls = _twin_class(module)
     if cls is None:
         return module
+    if cls in _PACKABLE and not _scripted_alone():
+        cls = _PACKABLE[cls]
     scripted = cls.__new__(cls)
     scripted.__dict__.update(module.__dict__)
     for registry in ("_parameters", "_buffers", "_modules"):  # own dicts, same tensors: registering on one is not
