@@ -5,7 +5,8 @@ itself is differentiated (create_graph=True: double backward, gradient penalties
 the ops' backward (pyrnn/ops.py) recomputes the forward with these functions and lets autograd differentiate them,
 which records that graph; so it does for gradients batched by is_grads_batched=True, whose tensors have no storage
 for the kernels to read. Forward-mode AD and nested torch.func transforms run these functions in place of the ops
-(pyrnn/functional.py), and so does torch.onnx.export, whose graph can hold no pyrnn op. Same formulas as the
+(pyrnn/functional.py), and so does torch.onnx.export, whose graph can hold no pyrnn op (its TorchScript exporter
+gets ONNX's own LSTM/GRU/RNN op for a padded layer without projection). Same formulas as the
 kernels and torch.nn (../shared/spec/PARITY.md), none of torch's recurrent kernels; several times slower than
 pyrnn's kernels, so nothing else runs them.
 
@@ -61,7 +62,16 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
     padded = _same_size(x.shape[0], T * B)
     if padded and exporting_graph():
         return _layer_scan(mode, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, reverse)
-    sizes = [B] * T if padded else batch_sizes.tolist()
+    if padded and w_hr is None and tracing_for_onnx():
+        return _onnx_rnn_op(mode, x, w_ih, b_ih, b_hh, w_hh, h0, c0, reverse)
+    return _steps(mode, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, [B] * T if padded else batch_sizes.tolist(), padded,
+                  reverse)
+
+
+def _steps(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor,
+           w_hr: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], sizes: list, padded: bool, reverse: bool
+           ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """layer() step by step; sizes: the rows of each step (padded: all of them, every step)."""
     # One split node (not a slice per step, whose backward would write each step's gradient into a zeroed
     # copy of all of gx): gx [N, G*H] -> a view per step.
     gx_steps = torch.split(_projection(mode, x, w_ih, b_ih, b_hh), sizes)
@@ -81,6 +91,73 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
             h, c = torch.cat([h_t, h_keep]), None if c is None else torch.cat([c_t, c_keep])
         ys[t] = h_t
     return torch.cat(ys), h, c
+
+
+def tracing_for_onnx() -> bool:
+    """ONNX's TorchScript exporter at work (dynamo=False): it traces, and maps an autograd Function's `symbolic`
+    to ONNX ops, so a padded layer without projection becomes ONNX's own LSTM/GRU/RNN op, any sequence length."""
+    return torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()
+
+
+# ONNX's gate order, as rows of torch's: LSTM i o f c from i f g o, GRU z r h from r z n.
+_ONNX_GATES = {"LSTM": (0, 3, 1, 2), "GRU": (1, 0, 2), "RNN_TANH": (0,), "RNN_RELU": (0,)}
+
+
+def _onnx_rows(mode: str, w: Tensor, inverse: bool = False) -> Tensor:
+    """w [G*H, ...] with its gate blocks in ONNX's order (inverse: back to torch's)."""
+    order = _ONNX_GATES[mode]
+    if len(order) == 1:
+        return w
+    blocks = w.chunk(len(order))
+    if inverse:
+        return torch.cat([blocks[order.index(k)] for k in range(len(order))])
+    return torch.cat([blocks[k] for k in order])
+
+
+def _onnx_rnn_op(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor,
+                 h0: Tensor, c0: Optional[Tensor], reverse: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """layer() of a padded input as one ONNX LSTM/GRU/RNN node (_OnnxRecurrence). x [T*B, I] -> X [T, B, I]."""
+    B, GH = h0.shape[0], w_ih.shape[0]
+    zeros = w_ih.new_zeros(GH)
+    bias = torch.cat([_onnx_rows(mode, zeros if b_ih is None else b_ih),
+                      _onnx_rows(mode, zeros if b_hh is None else b_hh)])
+    X = x.reshape(-1, B, x.shape[1])
+    states = (h0.unsqueeze(0),) if c0 is None else (h0.unsqueeze(0), c0.unsqueeze(0))
+    out = _OnnxRecurrence.apply(mode, reverse, w_hh.shape[1], X, _onnx_rows(mode, w_ih).unsqueeze(0),
+                                _onnx_rows(mode, w_hh).unsqueeze(0), bias.unsqueeze(0), *states)
+    Y, h_n = out[0], out[1]  # Y [T, 1, B, H], h_n [1, B, H]
+    return Y.reshape(-1, Y.shape[3]), h_n.squeeze(0), None if c0 is None else out[2].squeeze(0)
+
+
+class _OnnxRecurrence(torch.autograd.Function):
+    """ONNX's LSTM/GRU/RNN op over one direction: X [T, B, I], W [1, G*H, I], R [1, G*H, H], Bias [1, 2*G*H] (ONNX's
+    gate order), h0 (c0) [1, B, H] -> Y [T, 1, B, H], Y_h (Y_c) [1, B, H]. forward computes it step by step (the
+    tracer needs values); `symbolic` is what the exporter writes instead."""
+
+    @staticmethod
+    def forward(ctx, mode, reverse, hidden_size, X, W, R, bias, h0, c0=None):
+        T, B, I = X.shape
+        GH = W.shape[1]
+        w_ih, w_hh = _onnx_rows(mode, W[0], inverse=True), _onnx_rows(mode, R[0], inverse=True)
+        b_ih, b_hh = _onnx_rows(mode, bias[0, :GH], inverse=True), _onnx_rows(mode, bias[0, GH:], inverse=True)
+        y, h_n, c_n = _steps(mode, X.reshape(T * B, I), w_ih, b_ih, b_hh, w_hh, None, h0[0],
+                             None if c0 is None else c0[0], [B] * T, True, reverse)
+        Y = y.reshape(T, 1, B, y.shape[1])
+        return (Y, h_n.unsqueeze(0)) if c_n is None else (Y, h_n.unsqueeze(0), c_n.unsqueeze(0))
+
+    @staticmethod
+    def symbolic(g, mode, reverse, hidden_size, X, W, R, bias, h0, c0=None):
+        no_lengths = g.op("prim::Constant")  # sequence_lens left out: every sequence runs all T steps
+        no_lengths.setType(torch._C.OptionalType.ofTensor())
+        if not isinstance(hidden_size, int):  # a size the tracer recorded: an onnx::Constant node by now
+            hidden_size = int(hidden_size.node().t("value"))
+        attrs = dict(hidden_size_i=hidden_size, direction_s="reverse" if reverse else "forward")
+        if mode == "LSTM":
+            return g.op("LSTM", X, W, R, bias, no_lengths, h0, c0, outputs=3, **attrs)
+        if mode == "GRU":
+            return g.op("GRU", X, W, R, bias, no_lengths, h0, linear_before_reset_i=1, outputs=2, **attrs)
+        return g.op("RNN", X, W, R, bias, no_lengths, h0, activations_s=["Relu" if mode == "RNN_RELU" else "Tanh"],
+                    outputs=2, **attrs)
 
 
 def exporting_graph() -> bool:

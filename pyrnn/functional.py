@@ -106,15 +106,20 @@ def _without_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _warn_unrolled(batch_sizes: Tensor) -> None:
-    # ONNX's TorchScript exporter traces pyrnn.composite's loop step by step (the default exporter gets a scan). The
-    # step count is a traced value there, whose tracer would warn that reading it makes it a constant: here, that is
-    # the point.
+def _warn_if_unrolled(x: Tensor, batch_sizes: Tensor, hx: Tensor, weights: list) -> None:
+    # ONNX's TorchScript exporter gets ONNX's own LSTM/GRU/RNN op for a padded layer without projection
+    # (pyrnn.composite), which ONNX's ops cannot express otherwise: there it traces pyrnn.composite's loop step by
+    # step (the default exporter gets a scan). The step count is a traced value, whose tracer would warn that reading
+    # it makes it a constant: here, that is the point.
+    projected = any(w.w_hr is not None for w in weights)
+    if not projected and composite._same_size(x.shape[0], batch_sizes.shape[0] * hx.shape[1]):
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         steps = int(batch_sizes.shape[0])
-    warnings.warn(f"pyrnn: ONNX export unrolls the recurrence over the example input's {steps} time steps: the "
-                  "exported graph takes sequences of that length only (its batch size may be dynamic; the default "
+    why = "proj_size: ONNX's LSTM has no projection" if projected else "a PackedSequence"
+    warnings.warn(f"pyrnn: ONNX export unrolls the recurrence over the example input's {steps} time steps ({why}): "
+                  "the exported graph takes sequences of that length only (its batch size may be dynamic; the default "
                   "exporter, dynamo=True, takes any length)", stacklevel=4)
 
 
@@ -148,7 +153,7 @@ def recurrence(
         )
         return out.to(x.dtype), h_n.to(x.dtype), None if c_n is None else c_n.to(x.dtype)
     if ops.exporting_to_onnx() and not composite.exporting_graph():
-        _warn_unrolled(batch_sizes)
+        _warn_if_unrolled(x, batch_sizes, hx, weights)
     D = 2 if bidirectional else 1
     h_n, c_n = [], []
     layer_input = x

@@ -204,8 +204,9 @@ def _flat(args):
 @pytest.mark.parametrize("name,kw,with_state,unbatched", ONNX_CASES, ids=str)
 def test_onnx_export_runs_in_onnxruntime_like_torch_nn(name, kw, with_state, unbatched, dynamo, tmp_path):
     """torch.onnx.export (both exporters) gives a graph of standard ONNX ops (pyrnn.composite's; no pyrnn op) that
-    onnxruntime runs to torch.nn's outputs, every output, at another batch size than the example's; the default
-    exporter's (a Scan over the steps) also at another sequence length, which torch.nn's own export cannot do."""
+    onnxruntime runs to torch.nn's outputs, every output, at another batch size than the example's, and at another
+    sequence length: the default exporter's layers are a Scan over the steps (torch.nn's own export under it fails
+    there), the TorchScript exporter's ONNX's LSTM/GRU/RNN ops, as torch.nn's are (but for proj_size, unrolled)."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
@@ -216,7 +217,7 @@ def test_onnx_export_runs_in_onnxruntime_like_torch_nn(name, kw, with_state, unb
     example, batch_dims = _export_args(name, kw, with_state, unbatched, B=2, T=4)
     names = [f"in{i}" for i in range(len(batch_dims))]
     dynamic_axes = {} if unbatched else {n: {d: "batch"} for n, d in zip(names, batch_dims)}
-    any_length = dynamo and not name.endswith("Cell")
+    any_length = not name.endswith("Cell") and (dynamo or not kw.get("proj_size"))
     if any_length:
         time_dim = 0 if unbatched or not kw.get("batch_first") else 1
         dynamic_axes.setdefault(names[0], {})[time_dim] = "time"
@@ -231,6 +232,10 @@ def test_onnx_export_runs_in_onnxruntime_like_torch_nn(name, kw, with_state, unb
                               verbose=False).save(str(path))
         else:
             torch.onnx.export(ours, example, str(path), dynamo=False, input_names=names, dynamic_axes=dynamic_axes)
+    if any_length and not dynamo:
+        import onnx
+
+        assert name in {node.op_type for node in onnx.load(str(path)).graph.node}
     session = ort.InferenceSession(str(path))
     args, _ = _export_args(name, kw, with_state, unbatched, B=2 if unbatched else 3, T=6 if any_length else 4)
     got = session.run(None, {n: t.numpy() for n, t in zip(names, _flat(args))})
@@ -242,11 +247,14 @@ def test_onnx_export_runs_in_onnxruntime_like_torch_nn(name, kw, with_state, unb
         torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-5, atol=1e-6)
 
 
-def test_onnx_torchscript_export_says_the_steps_are_unrolled():
+def test_onnx_torchscript_export_says_when_the_steps_are_unrolled():
     pytest.importorskip("onnxscript")
-    m = pyrnn.GRU(3, 5).eval()
-    with pytest.warns(UserWarning, match="unrolls the recurrence over the example input's 4 time steps"):
+    m = pyrnn.LSTM(3, 5, proj_size=2).eval()
+    with pytest.warns(UserWarning, match=r"unrolls the recurrence over the example input's 4 time steps \(proj_size"):
         torch.onnx.export(m, (torch.randn(4, 2, 3),), io.BytesIO(), dynamo=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="pyrnn")  # ONNX's GRU op: nothing unrolled, nothing said
+        torch.onnx.export(pyrnn.GRU(3, 5).eval(), (torch.randn(4, 2, 3),), io.BytesIO(), dynamo=False)
 
 
 DDP_SCRIPT = """
