@@ -59,15 +59,17 @@ class _RecurrentMixin(_Scriptable):
         """No-op kept for API compatibility: pyrnn lays out its weights itself on every call."""
 
     def _layer_weights(self) -> list[functional.LayerWeights]:
+        # From _flat_weights, which _update_flat_weights() just refreshed, as torch.nn's forward reads them: reading
+        # the attributes again would run a parametrization once more than torch.nn does, and a stateful one
+        # (spectral_norm's power iteration in training) would then move differently.
+        per_direction = 2 + (2 if self.bias else 0) + (1 if self.proj_size > 0 else 0)
+        flat = self._flat_weights
         weights = []
-        for layer in range(self.num_layers):
-            for suffix in ("", "_reverse")[: 2 if self.bidirectional else 1]:
-                names = (f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}")
-                w_ih, w_hh = (getattr(self, n) for n in names)
-                b_ih = getattr(self, f"bias_ih_l{layer}{suffix}") if self.bias else None
-                b_hh = getattr(self, f"bias_hh_l{layer}{suffix}") if self.bias else None
-                w_hr = getattr(self, f"weight_hr_l{layer}{suffix}") if self.proj_size > 0 else None
-                weights.append(functional.LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr))
+        for k in range(0, len(flat), per_direction):
+            w = flat[k:k + per_direction]
+            weights.append(functional.LayerWeights(w[0], w[1], w[2] if self.bias else None,
+                                                   w[3] if self.bias else None,
+                                                   w[-1] if self.proj_size > 0 else None))
         return weights
 
     def _zeros_state(self, input: Tensor, batch: int) -> tuple[Tensor, Optional[Tensor]]:

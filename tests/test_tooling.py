@@ -3,6 +3,7 @@ torch.jit.trace, ONNX export."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -100,6 +101,37 @@ def test_jit_trace_runs_pyrnn_ops():
         traced = torch.jit.trace(m, (x,), check_trace=False)
     assert "pyrnn::lstm_layer" in str(traced.graph)
     torch.testing.assert_close(traced(x)[0], m(x)[0])
+
+
+@pytest.mark.parametrize("name,kw,weight", [
+    ("LSTM", {"num_layers": 2, "bidirectional": True, "proj_size": 2}, "weight_hh_l1_reverse"),
+    ("GRU", {}, "weight_ih_l0"), ("RNN", {"bias": False}, "weight_hh_l0"), ("LSTMCell", {}, "weight_hh"),
+], ids=str)
+def test_parametrized_weights_match_torch_nn(name, kw, weight):
+    """Parametrizations (torch.nn.utils.parametrizations: spectral_norm, whose power iteration runs each time the
+    weight is read in training, and weight_norm) give torch.nn's outputs and gradients, step after step: pyrnn
+    reads each weight as often as torch.nn's forward does."""
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    results = []
+    for module in (torch.nn, pyrnn):
+        torch.manual_seed(0)  # the same weights and the same initial power-iteration vectors
+        m = spectral_norm(getattr(module, name)(3, 4, dtype=torch.float64, **kw), weight)
+        m = weight_norm(m, "bias_ih_l0" if name == "GRU" else "weight_ih_l0" if name != "LSTMCell" else "weight_ih")
+        x = torch.randn(*((2, 3) if name.endswith("Cell") else (5, 2, 3)), dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(1))
+        found = []
+        with forbid_torch_rnn() if module is pyrnn else contextlib.nullcontext():
+            for _ in range(3):  # training steps: the parametrization's state moves at each read
+                out = m(x)
+                out = out[0] if isinstance(out, tuple) else out
+                m.zero_grad()
+                out.square().sum().backward()
+                found += [out.detach(), *(p.grad.clone() for p in m.parameters())]
+        results.append(found)
+    assert len(results[0]) == len(results[1])
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("name,kw", [
