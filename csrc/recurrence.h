@@ -882,7 +882,8 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     const Range my_rows = by_rows ? row_block(s, tid, nt) : Range{0, a.B};
     UnitShare share;
     if (by_rows || P > 0) {
-      const Range p = by_rows ? Range{0, UnitSplit<T, Cell>::panels(H)} : split(UnitSplit<T, Cell>::panels(H), tid, nt, 1);
+      const int64_t all_panels = UnitSplit<T, Cell>::panels(H);
+      const Range p = by_rows ? Range{0, all_panels} : split(all_panels, tid, nt, 1);
       share.add(p.begin, p.end, my_rows.begin, my_rows.end);
     } else {
       share = UnitSplit<T, Cell>::share(H, a.B, tid, nt);

@@ -108,9 +108,9 @@ def _without_autocast(x: Tensor):
 
 def _warn_if_unrolled(x: Tensor, batch_sizes: Tensor, hx: Tensor, weights: list) -> None:
     # ONNX's TorchScript exporter gets ONNX's own LSTM/GRU/RNN op for a padded layer without projection
-    # (pyrnn.composite), which ONNX's ops cannot express otherwise: there it traces pyrnn.composite's loop step by
-    # step (the default exporter gets a scan). The step count is a traced value, whose tracer would warn that reading
-    # it makes it a constant: here, that is the point.
+    # (pyrnn.composite); a projected LSTM or a PackedSequence, which those ops cannot express, it traces step by step
+    # through pyrnn.composite's loop (the default exporter gets a scan). The step count is a traced value, whose
+    # tracer would warn that reading it makes it a constant: here, that is the point.
     projected = any(w.w_hr is not None for w in weights)
     if not projected and composite._same_size(x.shape[0], batch_sizes.shape[0] * hx.shape[1]):
         return
