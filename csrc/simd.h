@@ -172,23 +172,6 @@ struct ReducedNonpositive {
   }
 };
 
-// e^x for x <= 0: degree-7 Taylor of e^r (error < 6e-9 relative), times 2^n; 0 below -103.98, as expf underflows
-// (so saturated gates have exactly zero derivative, and 0 * inf makes NaN where torch's does).
-inline Vec<float> exp_nonpositive(Vec<float> x) {
-  const ReducedNonpositive red(x);
-  const Vec<float> r = red.r;
-  Vec<float> p = vbroadcast(1.0f / 5040);
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const Vec<float> out = p * red.scale;
-  return x < -103.98f ? Vec<float>{} : out;
-}
-
 // e^x - 1 and e^x for x <= 0, from one reduction: 2^n (e^r - 1) + (2^n - 1) is accurate relative to the result
 // near 0, where e^x - 1 itself would cancel (e^r - 1 = r + r^2 q(r), Taylor to r^7, error < 2e-8 relative;
 // 2^n - 1 is exact); e^x = 2^n (e^r - 1) + 2^n.
@@ -208,6 +191,13 @@ struct Expm1Nonpositive {
     e = red.scale * em1_r + red.scale;
   }
 };
+
+// e^x for x <= 0; 0 below -103.98, as expf underflows (so saturated gates have exactly zero derivative, and
+// 0 * inf makes NaN where torch's does).
+inline Vec<float> exp_nonpositive(Vec<float> x) {
+  const Vec<float> e = Expm1Nonpositive(x).e;
+  return x < -103.98f ? Vec<float>{} : e;
+}
 
 // sigmoid from the negative side, r = e/(1+e) with e = exp(-|x|), and 1 - r for x > 0 (as oneDNN does): near
 // 1, 1/(1+e) rounds 1+e first and can land several ulps from the true value, which the backward's s(1-s) then
