@@ -212,19 +212,6 @@ def test_scripted_model_takes_packed_sequences(name, kw, with_state):
         assert_close(g, e, torch.float64, f"{name} {kw}: output or gradient {i}")
 
 
-def test_a_layer_scripted_alone_takes_padded_tensors():
-    """Scripted by itself a layer compiles one forward (padded tensors); torch.nn's, overloaded, does not script
-    alone in torch 2.13 (its compiled module has no forward)."""
-    ref, ours = _pair("GRU", {"num_layers": 2}, torch.float32)
-    scripted = torch.jit.script(ours)
-    x = torch.randn(4, 2, 3)
-    with forbid_torch_rnn():
-        out, h_n = scripted(x)
-    expected_out, expected_h = ref(x)
-    assert_close(out, expected_out, torch.float32, "output")
-    assert_close(h_n, expected_h, torch.float32, "h_n")
-
-
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_scripted_errors_are_torch_nns(name):
     """Bad inputs raise torch.nn's errors (type and message) from the TorchScript interpreter, which wraps them in
