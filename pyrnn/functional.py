@@ -76,11 +76,10 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
     if ops.needs_composite():
         return composite.cell(mode, x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
     if x.is_cpu and x.dtype in ops._KERNEL_DTYPES and _backend.get_backend() in ("auto", "cpu"):
-        save = _needs_workspace(x, h0, c0, *w)
         args = (x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
-        if not save and ops.plain_eager(args):  # nothing to record or trace: the kernel alone
-            return ops.cell_inference(mode, *args)
-        h, c, *_ = ops.apply(ops.cell, mode, *args, save)
+        if ops.plain_eager(args):  # nothing compiles, traces or transforms it
+            return ops.cell_eager(mode, *args)
+        h, c, *_ = ops.apply(ops.cell, mode, *args, _needs_workspace(*args))
         return h, (c if mode == "LSTM" else None)
     if x.is_cpu and x.dtype in (torch.bfloat16, torch.float16):
         # In float32, as the layers (recurrence) and torch's CPU cells compute half types. (After the float32 path:

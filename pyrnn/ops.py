@@ -938,29 +938,64 @@ def _cell_setup_context(ctx, inputs, output):
     if mode in ("LSTM", "GRU"):
         h, c = h.new_empty(0), c.new_empty(0)
     ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, gh_n)
-    ctx.mode, ctx.has_bias = mode, b_ih is not None
+    ctx.mode = mode
 
 
 def _cell_backward(ctx, dh, dc, *_workspace_grads):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, gh_n = ctx.saved_tensors
-    mode = ctx.mode
-    need = ctx.needs_input_grad  # mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace
+    # needs_input_grad: mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace
+    return (None, *_cell_gradients(ctx.mode, ctx.saved_tensors, ctx.needs_input_grad[1:8], dh, dc), None)
+
+
+def _cell_gradients(mode: str, saved: tuple, need: tuple, dh: Optional[Tensor], dc: Optional[Tensor]) -> tuple:
+    """The cell's backward from what its forward saved, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, gh_n), and
+    which of the first seven need a gradient (need). Returns their seven gradients, None where not needed."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, gh_n = saved
     if _backward_in_torch_ops(dh, dc):
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        grads = _differentiate(lambda: _composite.cell(mode, *inputs), (dh, dc), inputs, need[1:8])
-        return (None, *grads, None)
+        return _differentiate(lambda: _composite.cell(mode, *inputs), (dh, dc), inputs, need)
     dh = _zeros_if_none(dh, h0)
     dc = _zeros_if_none(dc, h0.new_empty(h0.shape[0], w_hh.shape[1])) if mode == "LSTM" else None
-    weight_grads = any(need[4:8])
+    has_bias = b_ih is not None
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _call(
-        cell_backward, mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, weight_grads, ctx.has_bias
+        cell_backward, mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, any(need[3:7]), has_bias
     )
-    return (None, dx if need[1] else None, dh0 if need[2] else None, dc0 if mode == "LSTM" and need[3] else None,
-            dw_ih if need[4] else None, dw_hh if need[5] else None, db_ih if ctx.has_bias and need[6] else None,
-            db_hh if ctx.has_bias and need[7] else None, None)
+    return (dx if need[0] else None, dh0 if need[1] else None, dc0 if mode == "LSTM" and need[2] else None,
+            dw_ih if need[3] else None, dw_hh if need[4] else None, db_ih if has_bias and need[5] else None,
+            db_hh if has_bias and need[6] else None)
 
 
 cell.register_autograd(_cell_backward, setup_context=_cell_setup_context)
+
+
+class _EagerCell(torch.autograd.Function):
+    """pyrnn::cell in plain eager autograd, returning only what the caller sees: h, or (h, c) for LSTM. The
+    registered op's empty c and workspace outputs cost ~3 us of a ~25 us B=1 cell call (three more tensors for
+    autograd to wrap and mark non-differentiable); here the workspace is saved for the backward instead."""
+
+    @staticmethod
+    def forward(ctx, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        h, c, gates, gh_n = _cell_run(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, True)
+        ctx.set_materialize_grads(False)
+        ctx.mode = mode
+        # Only the RNN's derivative reads the output h (see _cell_setup_context).
+        h_read = h if _CELL_GATES[mode] == 1 else None
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h_read, None, gates, gh_n)
+        return h if c is None else (h, c)
+
+    @staticmethod
+    def backward(ctx, dh, dc=None):
+        return (None, *_cell_gradients(ctx.mode, ctx.saved_tensors, ctx.needs_input_grad[1:], dh, dc))
+
+
+def cell_eager(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+               b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    """pyrnn::cell for a plain eager call (plain_eager): h [B, H] and c [B, H] (LSTM) or None. The kernel alone where
+    nothing will differentiate it (cell_inference), else through autograd with the workspace saved."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        out = _EagerCell.apply(mode, *tensors)
+        return out if mode == "LSTM" else (out, None)
+    return cell_inference(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
 
 
 # ------------------------------------------------------------------------- the backward in torch's ops
