@@ -53,9 +53,11 @@ def step(mode: str, gx: Tensor, h: Tensor, c: Optional[Tensor], w_hh_t: Tensor, 
 
 
 def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor,
-          w_hr: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], batch_sizes: Tensor, reverse: bool
-          ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """One layer-direction. Returns y [N, Hin], h_n [B, Hin] and c_n [B, H] (LSTM) or None."""
+          w_hr: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], batch_sizes: Tensor, reverse: bool,
+          for_double_backward: bool = False) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One layer-direction. Returns y [N, Hin], h_n [B, Hin] and c_n [B, H] (LSTM) or None. for_double_backward:
+    the caller differentiates it with create_graph=True, and nothing else (no forward-mode AD, transform or export)
+    sees it: the steps' outputs are then joined by _JoinSteps, whose backward's backward is linear in T."""
     # Padded input (N = T * B: every step has all B rows, as batch sizes never exceed B) needs no look at the
     # batch sizes' values, which torch.export (ONNX export) cannot read.
     T, B = batch_sizes.shape[0], h0.shape[0]
@@ -65,12 +67,12 @@ def layer(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opti
     if padded and w_hr is None and tracing_for_onnx():
         return _onnx_rnn_op(mode, x, w_ih, b_ih, b_hh, w_hh, h0, c0, reverse)
     return _steps(mode, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, [B] * T if padded else batch_sizes.tolist(), padded,
-                  reverse)
+                  reverse, for_double_backward)
 
 
 def _steps(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor,
-           w_hr: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], sizes: list, padded: bool, reverse: bool
-           ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+           w_hr: Optional[Tensor], h0: Tensor, c0: Optional[Tensor], sizes: list, padded: bool, reverse: bool,
+           for_double_backward: bool = False) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """layer() step by step; sizes: the rows of each step (padded: all of them, every step)."""
     # One split node (not a slice per step, whose backward would write each step's gradient into a zeroed
     # copy of all of gx): gx [N, G*H] -> a view per step.
@@ -90,7 +92,25 @@ def _steps(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Opt
             h_t, c_t = step(mode, gx_steps[t], h_in, c_in, w_hh_t, b_hh, w_hr_t)
             h, c = torch.cat([h_t, h_keep]), None if c is None else torch.cat([c_t, c_keep])
         ys[t] = h_t
+    if for_double_backward:
+        return _JoinSteps.apply(*ys), h, c
     return torch.cat(ys), h, c
+
+
+class _JoinSteps(torch.autograd.Function):
+    """torch.cat of the steps' outputs ys[t] [B_t, Hin], with a backward that splits the gradient by one split op.
+    cat's own backward narrows the gradient once per step, and differentiating a narrow (the double backward)
+    makes a zero-filled tensor of the whole output per step: T fills and sums of [N, Hin], quadratic in T. A
+    split's derivative is one cat. (Plain eager autograd only: no jvp or vmap rule.)"""
+
+    @staticmethod
+    def forward(ctx, *ys: Tensor) -> Tensor:
+        ctx.sizes = [y.shape[0] for y in ys]
+        return torch.cat(ys)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        return grad.split(ctx.sizes)
 
 
 def tracing_for_onnx() -> bool:
