@@ -201,6 +201,36 @@ def _workspace_has_no_grad(ctx, *workspace: Tensor) -> None:
     ctx.set_materialize_grads(False)
 
 
+def _engine_needs(ctx, inputs: tuple) -> tuple:
+    """ctx.needs_input_grad narrowed to the gradients this backward's graph task will use. inputs: the op's
+    forward arguments up to its last tensor, as saved (None where an optional tensor was absent).
+
+    needs_input_grad says which inputs require grad. torch.autograd.grad(outputs, inputs) and
+    backward(inputs=...) run only the nodes on a path to their inputs, and torch.nn's own nodes skip the other
+    gradients (task_should_compute_output): so pyrnn's layers skip theirs, e.g. every weight gradient of a
+    gradient taken with respect to the input alone (saliency, adversarial examples, the first backward of a
+    gradient penalty). Only for pyrnn's own eager autograd.Functions, whose node's edges are their tensor
+    arguments in order; anything else keeps needs_input_grad."""
+    needs = ctx.needs_input_grad
+    node = torch._C._current_autograd_node()
+    if (node is None or getattr(node, "_forward_cls", None) not in _OWN_FUNCTIONS
+            or len(node.next_functions) != sum(t is not None for t in inputs)):
+        return needs
+    narrowed, edges = list(needs), iter(node.next_functions)
+    for k, t in enumerate(inputs):
+        if t is not None:
+            fn = next(edges)[0]
+            narrowed[k] = narrowed[k] and fn is not None and _engine_will_run(fn)
+    return tuple(narrowed)
+
+
+def _engine_will_run(fn) -> bool:
+    try:
+        return torch._C._will_engine_execute_node(fn)
+    except RuntimeError:  # a leaf that autograd.grad captures: torch declines to answer for those, and it is needed
+        return True
+
+
 def _require_workspace(ws: Tensor, rows: int, op: str) -> None:
     if ws.numel() == 0 and rows > 0:
         raise RuntimeError(
@@ -291,11 +321,10 @@ def _projection(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[
     return _gemm(x, w_ih.t(), _projection_bias(b_ih, b_hh, hidden_rows), _workspace)
 
 
-def _projection_backward(ctx, d_gates: Tensor, x: Tensor, w_ih: Tensor) -> tuple:
+def _projection_backward(ctx, need: tuple, d_gates: Tensor, x: Tensor, w_ih: Tensor) -> tuple:
     """The gradients of a layer op's first four inputs x, w_ih, b_ih, b_hh from d_gates = dL/dgx [N, G*H]: dx
     [N, I], dw_ih [G*H, I], db_ih [G*H] and db_hh [G*H] as far as it folds into gx (all of it but GRU's b_hn,
-    whose caller completes it), each None where not needed."""
-    need = ctx.needs_input_grad
+    whose caller completes it), each None where not needed (need: _engine_needs)."""
     dx = _call(gemm, d_gates, w_ih) if need[0] else None  # [N, G*H] @ [G*H, I]
     dw_ih = _call(gemm, d_gates.t(), x) if need[1] else None  # [G*H, N] @ [N, I]: all steps at once
     want_b_ih, want_b_hh = ctx.has_b_ih and need[2], ctx.has_b_hh and need[3]
@@ -452,8 +481,9 @@ def _lstm_setup_context(ctx, inputs, output):
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, *_workspace_grads):
     x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes, cell, proj_in, gates, h_prev = ctx.saved_tensors
+    need = _engine_needs(ctx, (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes))
     if _backward_in_torch_ops(dy, dh_n, dc_n):
-        return _composite_backward(ctx, "LSTM", (dy, dh_n, dc_n), x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0,
+        return _composite_backward(ctx, need, "LSTM", (dy, dh_n, dc_n), x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0,
                                    batch_sizes)
     N, B, Hin = cell.shape[0], c0.shape[0], w_hh.shape[1]
     dy = _zeros_if_none(dy, cell.new_empty(N, Hin))
@@ -462,9 +492,9 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, *_workspace_grads):
     d_gates, dh0, dc0, dh_total = _call(
         lstm_layer_backward, dy, dh_n, dc_n, w_hh, w_hr, c0, batch_sizes, ctx.reverse, cell, proj_in, gates
     )
-    dw_hh = _call(gemm, d_gates.t(), h_prev)  # [4H, Hin]: sum over all steps at once
-    dw_hr = None if w_hr is None else _call(gemm, dh_total.t(), proj_in)  # [P, H]
-    dx, dw_ih, db_ih, db_hh = _projection_backward(ctx, d_gates, x, w_ih)
+    dw_hh = _call(gemm, d_gates.t(), h_prev) if need[4] else None  # [4H, Hin]: sum over all steps at once
+    dw_hr = _call(gemm, dh_total.t(), proj_in) if w_hr is not None and need[5] else None  # [P, H]
+    dx, dw_ih, db_ih, db_hh = _projection_backward(ctx, need, d_gates, x, w_ih)
     return dx, dw_ih, db_ih, db_hh, dw_hh, dw_hr, dh0, dc0, None, None, None
 
 
@@ -583,14 +613,16 @@ def _gru_setup_context(ctx, inputs, output):
 
 def _gru_backward(ctx, dy, dh_n, *_workspace_grads):
     x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, gates, gh_n, h_prev = ctx.saved_tensors
+    need = _engine_needs(ctx, (x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes))
     if _backward_in_torch_ops(dy, dh_n):
-        return _composite_backward(ctx, "GRU", (dy, dh_n), x, w_ih, b_ih, b_hh, w_hh, None, h0, None, batch_sizes)
+        return _composite_backward(ctx, need, "GRU", (dy, dh_n), x, w_ih, b_ih, b_hh, w_hh, None, h0, None,
+                                   batch_sizes)
     H = w_hh.shape[0] // 3
     dy = _zeros_if_none(dy, gates.new_empty(gates.shape[0], H))
     dh_n = _zeros_if_none(dh_n, h0)
     d_gates, d_gates_h, dh0 = _call(gru_layer_backward, dy, dh_n, w_hh, batch_sizes, ctx.reverse, gates, gh_n, h_prev)
-    dw_hh = _call(gemm, d_gates_h.t(), h_prev)  # [3H, H]
-    dx, dw_ih, db_ih, db_hh = _projection_backward(ctx, d_gates, x, w_ih)
+    dw_hh = _call(gemm, d_gates_h.t(), h_prev) if need[4] else None  # [3H, H]
+    dx, dw_ih, db_ih, db_hh = _projection_backward(ctx, need, d_gates, x, w_ih)
     if db_hh is not None:  # b_hr, b_hz fold into gx; b_hn's gradient is r * dn, which d_gates_h holds
         db_hh = torch.cat([db_hh[: 2 * H], d_gates_h[:, 2 * H :].sum(0)])
     return dx, dw_ih, db_ih, db_hh, dw_hh, dh0, None, None, None
@@ -731,16 +763,18 @@ def _rnn_setup_context(ctx, inputs, output):
 
 def _rnn_backward(ctx, dy, dh_n, _h_prev_grad):
     x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes, h_prev, h_n = ctx.saved_tensors
+    need = _engine_needs(ctx, (x, w_ih, b_ih, b_hh, w_hh, h0, batch_sizes))
     if _backward_in_torch_ops(dy, dh_n):
         mode = "RNN_RELU" if ctx.relu else "RNN_TANH"
-        return _composite_backward(ctx, mode, (dy, dh_n), x, w_ih, b_ih, b_hh, w_hh, None, h0, None, batch_sizes)
+        return _composite_backward(ctx, need, mode, (dy, dh_n), x, w_ih, b_ih, b_hh, w_hh, None, h0, None,
+                                   batch_sizes)
     _require_workspace(h_prev, ctx.rows, "rnn_layer")
     dy = _zeros_if_none(dy, h_prev.new_empty(ctx.rows, w_hh.shape[0]))
     dh_n = _zeros_if_none(dh_n, h0)
     no_y = h_prev.new_empty(0)
     d_gates, dh0 = _call(rnn_layer_backward, dy, dh_n, w_hh, no_y, h_prev, h_n, batch_sizes, ctx.reverse, ctx.relu)
-    dw_hh = _call(gemm, d_gates.t(), h_prev)  # [H, H]
-    dx, dw_ih, db_ih, db_hh = _projection_backward(ctx, d_gates, x, w_ih)
+    dw_hh = _call(gemm, d_gates.t(), h_prev) if need[4] else None  # [H, H]
+    dx, dw_ih, db_ih, db_hh = _projection_backward(ctx, need, d_gates, x, w_ih)
     return dx, dw_ih, db_ih, db_hh, dw_hh, dh0, None, None, None, None
 
 
@@ -1037,14 +1071,15 @@ def _differentiate(forward, outputs_grads: tuple, inputs: tuple, needs: tuple) -
     return grads
 
 
-def _composite_backward(ctx, mode, outputs_grads, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes) -> tuple:
+def _composite_backward(ctx, need, mode, outputs_grads, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes
+                        ) -> tuple:
     """A layer op's backward through pyrnn.composite (_backward_in_torch_ops): its gradients in the order of its
-    inputs."""
+    inputs. need: _engine_needs over the op's inputs x, w_ih, b_ih, b_hh, w_hh, (w_hr,) h0, (c0,) ..."""
     inputs = (x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0)
-    need = ctx.needs_input_grad  # the op's inputs: x, w_ih, b_ih, b_hh, w_hh, (w_hr,) h0, (c0,) ...
     needs = need[:8] if mode == "LSTM" else (*need[:5], False, need[5], False)
     grads = _differentiate(
-        lambda: _composite.layer(mode, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes, ctx.reverse),
+        lambda: _composite.layer(mode, x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, batch_sizes, ctx.reverse,
+                                 for_double_backward=torch.is_grad_enabled()),
         outputs_grads, inputs, needs)
     if mode == "LSTM":
         return (*grads, None, None, None)  # batch_sizes, reverse, save_workspace
@@ -1181,6 +1216,7 @@ _DIFFERENTIABLE = {
 }
 _EAGER = {op: _eager_function(op, *spec) for op, spec in _DIFFERENTIABLE.items()}
 _FUNCTORCH = {op: _eager_function(op, *spec, functorch=True) for op, spec in _DIFFERENTIABLE.items()}
+_OWN_FUNCTIONS = frozenset(_EAGER.values())  # (_engine_needs; not the functorch ones, whose tensors are wrapped)
 
 
 def _call(op, *args):

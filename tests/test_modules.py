@@ -342,6 +342,68 @@ def test_outputs_changed_in_place(cell, kw):
         assert_close(g, e, dtype, "grad")
 
 
+@pytest.mark.parametrize("cell,kw", [
+    ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=3)), ("LSTM", {"packed": True}),
+    ("GRU", dict(num_layers=2)), ("GRU", {"bias": False, "packed": True}),
+    ("RNN", dict(nonlinearity="relu", bidirectional=True)),
+], ids=str)
+@pytest.mark.parametrize("wanted", ["input", "input_h0", "w_hh", "biases", "frozen_ih", "backward_inputs"])
+def test_partial_gradients(cell, kw, wanted, monkeypatch):
+    """Gradients of a subset of what requires grad: torch.autograd.grad with respect to the input alone (saliency,
+    adversarial examples, gradient penalties), or some weights, backward(inputs=...), frozen weights. Same values
+    as torch.nn's, and the layers skip the weight-gradient GEMMs nobody asked for, as torch.nn's nodes do."""
+    from pyrnn import ops
+
+    kw = dict(kw)
+    packed = kw.pop("packed", False)
+    torch.manual_seed(0)
+    ref = MODULES[cell][0](5, 7, dtype=torch.float64, **kw)
+    ours = MODULES[cell][1](5, 7, dtype=torch.float64, **kw)
+    ours.load_state_dict(ref.state_dict())
+    D = 2 if kw.get("bidirectional") else 1
+    h_size = (kw.get("num_layers", 1) * D, 3, kw.get("proj_size", 0) or 7)
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(h_size, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(4, 3, D * h_size[2], dtype=torch.float64)
+
+    def run(module):
+        params = dict(module.named_parameters())
+        if wanted == "frozen_ih":
+            for name, p in params.items():
+                p.requires_grad_(not name.startswith("weight_ih"))
+        inp = pack_padded_sequence(x, [4, 3, 1]) if packed else x
+        hx = (h0, torch.zeros(h_size[0], 3, 7, dtype=torch.float64)) if cell == "LSTM" else h0
+        out, _ = module(inp, hx)
+        y = out.data if packed else out
+        loss = (y * (upstream.flatten(0, 1)[: y.shape[0]] if packed else upstream)).sum()
+        targets = {"input": [x], "input_h0": [x, h0], "w_hh": [p for n, p in params.items() if "weight_hh" in n],
+                   "biases": [p for n, p in params.items() if "bias" in n],
+                   "frozen_ih": [x, *(p for p in params.values() if p.requires_grad)],
+                   "backward_inputs": [params["weight_ih_l0"], x]}[wanted]
+        if not targets:
+            return []
+        if wanted == "backward_inputs":
+            loss.backward(inputs=targets)
+            grads = [t.grad.clone() for t in targets]
+            for t in targets:
+                t.grad = None
+            return grads
+        return torch.autograd.grad(loss, targets)
+
+    expected = run(ref)
+    gemms = []
+    real_gemm = ops._IMPLS[ops.gemm]
+    monkeypatch.setitem(ops._IMPLS, ops.gemm, lambda a, *rest: gemms.append(tuple(a.shape)) or real_gemm(a, *rest))
+    with forbid_torch_rnn():
+        got = run(ours)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert_close(g, e, torch.float64, wanted)
+    rows = 8 if packed else 12  # N, all steps' rows: a weight gradient is dG^T [G*H, N] @ h [N, H]
+    weight_gemms = [a for a in gemms if a[1] == rows and a[0] != rows]
+    assert bool(weight_gemms) == (wanted in ("w_hh", "frozen_ih", "backward_inputs")), "weight gradients unasked"
+
+
 @pytest.mark.parametrize("name,kw,packed", [
     ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=2), False), ("LSTM", {}, True),
     ("GRU", dict(batch_first=True), False), ("RNN", dict(nonlinearity="relu", bidirectional=True), True),
