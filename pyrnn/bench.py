@@ -47,6 +47,7 @@ class Case:
     sweep: str = ""  # "B" or "H" for the --plot sweeps
     cells: bool = False  # LSTMCell/GRUCell/RNNCell called once per step from Python (T calls, state carried)
     penalty: bool = False  # a gradient-penalty step: backward with create_graph=True, then a double backward
+    input_grad: bool = False  # the gradient with respect to the input alone (saliency maps, adversarial examples)
 
     @property
     def input_size(self) -> int:
@@ -60,14 +61,20 @@ class Case:
         extra += [self.dtype.replace("float", "f")] if self.dtype != "float32" else []  # f64, bf16, f16
         extra += ["GPU"] if self.device != "cpu" else []
         name = self.cell + "Cell" if self.cells else f"{self.cell:4s}"
-        mode = "penalty" if self.penalty else "train" if self.train else "infer"
+        mode = "penalty" if self.penalty else "dx-only" if self.input_grad else "train" if self.train else "infer"
         return (f"{name} {mode} T={self.T} B={self.B} H={self.H}"
                 + (f" I={self.I}" if self.I else "") + (" " + " ".join(extra) if extra else ""))
 
+    @property
+    def apart(self) -> bool:
+        """Reported apart from the standard grid and left out of its summary."""
+        return self.penalty or self.input_grad
+
     def flops(self) -> float:
-        """Multiply-adds x2 of the forward (x3 for forward+backward), input projection included; 0 for a penalty
-        step (no standard count: its work depends on how each side builds the double backward)."""
-        if self.penalty:
+        """Multiply-adds x2 of the forward (x3 for forward+backward), input projection included; 0 for the cases
+        reported apart (no standard count: a penalty step's work depends on how each side builds the double
+        backward, an input gradient's on which weight gradients each side skips)."""
+        if self.apart:
             return 0.0
         G, D, Hin = GATES[self.cell], 2 if self.bidirectional else 1, self.proj or self.H
         total = 0.0
@@ -125,8 +132,8 @@ def _cell_loop(cell: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def _step(module: nn.Module, make_input: Callable, train: bool, device: str, penalty: bool = False
-          ) -> Callable[[], None]:
+def _step(module: nn.Module, make_input: Callable, train: bool, device: str, penalty: bool = False,
+          input_grad: bool = False) -> Callable[[], None]:
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     if isinstance(module, nn.RNNCellBase):
         def run():
@@ -146,6 +153,12 @@ def _step(module: nn.Module, make_input: Callable, train: bool, device: str, pen
             (dx,) = torch.autograd.grad(loss, x, create_graph=True)
             (loss + dx.square().sum()).backward()
             sync()
+    elif input_grad:
+        def run():  # dL/dx only, as saliency maps and adversarial attacks (FGSM, PGD) take it: no weight gradients
+            x = make_input()
+            out, _ = module(x)
+            torch.autograd.grad(out.sum(), x)
+            sync()
     elif train:
         def run():
             module.zero_grad(set_to_none=True)
@@ -163,8 +176,8 @@ def _step(module: nn.Module, make_input: Callable, train: bool, device: str, pen
 
 def time_case(case: Case, min_time: float = 1.0, min_samples: int = 5, max_samples: int = 50) -> Result:
     ref, ours, make_input = _build(case)
-    fns = {"torch": _step(ref, make_input, case.train, case.device, case.penalty),
-           "pyrnn": _step(ours, make_input, case.train, case.device, case.penalty)}
+    fns = {name: _step(module, make_input, case.train, case.device, case.penalty, case.input_grad)
+           for name, module in (("torch", ref), ("pyrnn", ours))}
     for fn in fns.values():  # warm-up: allocations, weight packing, thread start
         fn()
     times = {"torch": [], "pyrnn": []}
@@ -189,10 +202,12 @@ def time_case(case: Case, min_time: float = 1.0, min_samples: int = 5, max_sampl
     return Result(case, t_ms, p_ms, t_ms / p_ms, fl / p_ms / 1e6, fl / t_ms / 1e6, n)
 
 
-def penalty_grid() -> list[Case]:
-    """Gradient-penalty steps (create_graph=True): the path pyrnn runs in torch's ops (pyrnn/composite.py), not in
-    its kernels; reported apart from the standard grid and left out of its summary."""
-    return [Case(cell, 35, 20, 200, layers=2, penalty=True) for cell in GATES]
+def apart_grid() -> list[Case]:
+    """Reported apart from the standard grid and left out of its summary: gradient-penalty steps
+    (create_graph=True; the path pyrnn runs in torch's ops, pyrnn/composite.py, not in its kernels), and gradients
+    with respect to the input alone."""
+    return ([Case(cell, 35, 20, 200, layers=2, penalty=True) for cell in GATES]
+            + [Case(cell, 100, 64, 256, input_grad=True) for cell in GATES])
 
 
 def standard_grid(quick: bool = False) -> list[Case]:
@@ -373,7 +388,7 @@ def format_table(results: list[Result], peak: Optional[float] = None) -> str:
         line = f"{r.case.label():48s} {r.torch_ms:12.2f} {r.pyrnn_ms:10.2f} {r.ratio:7.2f}x {gflops}"
         lines.append(line + (f" {_peak_share(r, peak):>12s}" if peak else ""))
     ratios = [r.ratio for r in results]
-    if ratios and not any(r.case.penalty for r in results):
+    if ratios and not any(r.case.apart for r in results):
         lines.append("-" * len(head))
         geo = statistics.geometric_mean(ratios)
         lines.append(f"median speedup {statistics.median(ratios):.2f}x, geometric mean {geo:.2f}x over {len(ratios)} cases")
@@ -386,7 +401,7 @@ def markdown_table(results: list[Result], peak: Optional[float] = None) -> str:
     rule = "|---|---:|---:|---:|---:|---:|" + ("---:|" if peak else "")
     lines = [head, rule]
     for r in results:
-        if r.case.sweep or r.case.penalty:
+        if r.case.sweep or r.case.apart:
             continue
         line = (f"| {' '.join(r.case.label().split())} | {r.torch_ms:.2f} | {r.pyrnn_ms:.2f} | {r.ratio:.2f}x | "
                 f"{r.pyrnn_gflops:.0f} | {r.torch_gflops:.0f} |")
@@ -471,20 +486,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not sys.stderr.isatty():  # logs keep every finished case, also when a run is cut short
             r = results[-1]
             sys.stderr.write(f"    torch {r.torch_ms:.3f} ms, pyrnn {r.pyrnn_ms:.3f} ms, {r.ratio:.2f}x\n")
-    penalties = []
-    penalty_cases = [] if args.quick or args.gpu_only else [
-        c for c in penalty_grid() if not args.cell or c.cell in args.cell]
-    for case in penalty_cases:
-        _progress(len(cases) + len(penalties), len(cases) + len(penalty_cases), case.label())
-        penalties.append(time_case(case, min_time=args.min_time))
+    apart = []
+    apart_cases = [] if args.quick or args.gpu_only else [
+        c for c in apart_grid() if not args.cell or c.cell in args.cell]
+    for case in apart_cases:
+        _progress(len(cases) + len(apart), len(cases) + len(apart_cases), case.label())
+        apart.append(time_case(case, min_time=args.min_time))
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(format_table(results, peak))
+    penalties = [r for r in apart if r.case.penalty]
     if penalties:
         print("\nGradient-penalty steps (create_graph=True; pyrnn runs these in torch's ops, pyrnn/composite.py, "
               "not in its kernels):")
         print(format_table(penalties))
-    results += penalties
+    input_grads = [r for r in apart if r.case.input_grad]
+    if input_grads:
+        print("\nGradients with respect to the input alone (torch.autograd.grad(out.sum(), x): saliency maps, "
+              "adversarial examples):")
+        print(format_table(input_grads))
+    results += apart
     info["peers"] = peers()
     for name, note in info["peers"].items():
         print(f"peer {name}: {note}")

@@ -34,7 +34,8 @@ def test_bench_cli_runs_a_case_and_writes_json_and_plot(tmp_path, monkeypatch):
     from pyrnn import bench
 
     monkeypatch.setattr(bench, "standard_grid", lambda quick=False: [bench.Case("GRU", 3, 2, 8, train=True)])
-    monkeypatch.setattr(bench, "penalty_grid", lambda: [bench.Case("LSTM", 3, 2, 8, layers=2, penalty=True)])
+    monkeypatch.setattr(bench, "apart_grid", lambda: [bench.Case("LSTM", 3, 2, 8, layers=2, penalty=True),
+                                                      bench.Case("RNN", 3, 2, 8, input_grad=True)])
     monkeypatch.setattr(bench, "sweep_grid", lambda: [bench.Case("RNN", 3, b, 8, sweep="B") for b in (1, 2)]
                         + [bench.Case("RNN", 3, 2, h, sweep="H") for h in (4, 8)])
     out = tmp_path / "r.json"
@@ -49,6 +50,8 @@ def test_bench_cli_runs_a_case_and_writes_json_and_plot(tmp_path, monkeypatch):
     assert bench.main(args) == 0
     data = json.loads(out.read_text())
     assert data["results"][0]["ratio"] > 0 and data["machine"]["fma_peak_gflops"] > 0
-    assert [r["case"]["penalty"] for r in data["results"][:2]] == [False, True]  # the grid, then the penalty step
+    # the grid, then the cases reported apart: a penalty step, an input gradient
+    assert [(r["case"]["penalty"], r["case"]["input_grad"]) for r in data["results"][:3]] == [
+        (False, False), (True, False), (False, True)]
     if png is not None:
         assert png.stat().st_size > 0
