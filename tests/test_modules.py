@@ -404,6 +404,38 @@ def test_partial_gradients(cell, kw, wanted, monkeypatch):
     assert bool(weight_gemms) == (wanted in ("w_hh", "frozen_ih", "backward_inputs")), "weight gradients unasked"
 
 
+@pytest.mark.parametrize("cell", list(MODULES))
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_activation_checkpointing(cell, reentrant):
+    """torch.utils.checkpoint around a layer (recomputed in the backward): torch.nn's gradients; without
+    reentrancy also torch.autograd.grad with respect to the input and a gradient penalty through it."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    ref = MODULES[cell][0](5, 7, num_layers=2, dtype=torch.float64)
+    ours = MODULES[cell][1](5, 7, num_layers=2, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 5, dtype=torch.float64, requires_grad=True)
+
+    def run(module):
+        module.zero_grad(set_to_none=True)
+        out = checkpoint(lambda inp: module(inp)[0], x, use_reentrant=reentrant)
+        if reentrant:  # (torch's reentrant checkpoint refuses torch.autograd.grad)
+            out.square().sum().backward()
+            grads = [x.grad.clone(), *(p.grad for p in module.parameters())]
+            x.grad = None
+            return grads
+        (dx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        dx.square().sum().backward()
+        return [dx.detach(), *(p.grad for p in module.parameters())]
+
+    expected = run(ref)
+    with forbid_torch_rnn():
+        got = run(ours)
+    for g, e in zip(got, expected):
+        assert_close(g, e, torch.float64, f"checkpoint (use_reentrant={reentrant})")
+
+
 @pytest.mark.parametrize("name,kw,packed", [
     ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=2), False), ("LSTM", {}, True),
     ("GRU", dict(batch_first=True), False), ("RNN", dict(nonlinearity="relu", bidirectional=True), True),
