@@ -180,6 +180,74 @@ class _OnnxRecurrence(torch.autograd.Function):
                     outputs=2, **attrs)
 
 
+def onnx_packed_layers(mode: str, x: Tensor, batch_sizes: Tensor, hx: Tensor, cx: Optional[Tensor], weights: list,
+                       num_layers: int, bidirectional: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """All layers of a PackedSequence's data x [N, I] (batch_sizes: its steps' rows) as ONNX LSTM/GRU/RNN nodes, one
+    per layer (both directions in one), for the TorchScript exporter, in the form torch.nn's layers export: the
+    node takes the packed data and its batch sizes as they come, and its Y goes through Squeeze (one direction) or
+    Transpose and Reshape (two). The exporter's peephole pass then moves pack_padded_sequence's PackPadded past
+    each node (so X becomes the padded input and sequence_lens the lengths) until it meets pad_packed_sequence's
+    PadPacked and drops both: the exported graph takes any length and batch. Weights without projection (w_hr)."""
+    D = 2 if bidirectional else 1
+    h_n, c_n, layer_input = [], [], x
+    for layer in range(num_layers):
+        ws = weights[layer * D:(layer + 1) * D]
+        zeros = ws[0].w_ih.new_zeros(ws[0].w_ih.shape[0])
+        W = torch.stack([_onnx_rows(mode, w.w_ih) for w in ws])  # [D, G*H, I]
+        R = torch.stack([_onnx_rows(mode, w.w_hh) for w in ws])  # [D, G*H, H]
+        bias = torch.stack([torch.cat([_onnx_rows(mode, zeros if w.b_ih is None else w.b_ih),
+                                       _onnx_rows(mode, zeros if w.b_hh is None else w.b_hh)]) for w in ws])
+        states = [hx[layer * D:(layer + 1) * D]] + ([] if cx is None else [cx[layer * D:(layer + 1) * D]])
+        out = _OnnxPackedLayer.apply(mode, D, ws[0].w_hh.shape[1], layer_input, batch_sizes, W, R, bias, *states)
+        layer_input = out[0]
+        h_n.append(out[1])
+        c_n.append(out[2] if cx is not None else None)
+    return layer_input, torch.cat(h_n), None if cx is None else torch.cat(c_n)
+
+
+class _OnnxPackedLayer(torch.autograd.Function):
+    """One layer over packed data as ONNX's op (onnx_packed_layers): x [N, I], batch_sizes [T], W [D, G*H, I], R [D,
+    G*H, H], Bias [D, 2*G*H] (ONNX's gate order), h0 (c0) [D, B, H] -> y [N, D*H], h_n (c_n) [D, B, H]. forward
+    computes it step by step (the tracer needs values); `symbolic` is what the exporter writes instead."""
+
+    @staticmethod
+    def forward(ctx, mode, directions, hidden_size, x, batch_sizes, W, R, bias, h0, c0=None):
+        sizes, ys, hs, cs = batch_sizes.tolist(), [], [], []
+        GH = W.shape[1]
+        for d in range(directions):
+            w_ih, w_hh = _onnx_rows(mode, W[d], inverse=True), _onnx_rows(mode, R[d], inverse=True)
+            b_ih, b_hh = _onnx_rows(mode, bias[d, :GH], inverse=True), _onnx_rows(mode, bias[d, GH:], inverse=True)
+            y, h, c = _steps(mode, x, w_ih, b_ih, b_hh, w_hh, None, h0[d], None if c0 is None else c0[d], sizes,
+                             False, d == 1)
+            ys.append(y)
+            hs.append(h)
+            cs.append(c)
+        out = (torch.cat(ys, dim=1), torch.stack(hs))
+        return out if c0 is None else (*out, torch.stack(cs))
+
+    @staticmethod
+    def symbolic(g, mode, directions, hidden_size, x, batch_sizes, W, R, bias, h0, c0=None):
+        if not isinstance(hidden_size, int):  # a size the tracer recorded: an onnx::Constant node by now
+            hidden_size = int(hidden_size.node().t("value"))
+        attrs = dict(hidden_size_i=hidden_size, direction_s="bidirectional" if directions == 2 else "forward")
+        if mode == "LSTM":
+            Y, h_n, c_n = g.op("LSTM", x, W, R, bias, batch_sizes, h0, c0, outputs=3, **attrs)
+        elif mode == "GRU":
+            Y, h_n = g.op("GRU", x, W, R, bias, batch_sizes, h0, linear_before_reset_i=1, outputs=2, **attrs)
+        else:
+            Y, h_n = g.op("RNN", x, W, R, bias, batch_sizes, h0, outputs=2,
+                          activations_s=["Relu" if mode == "RNN_RELU" else "Tanh"] * directions, **attrs)
+        # Y [T, D, B, H] -> [T, B, D*H]: the pattern the exporter's pass looks for behind the node.
+        if directions == 2:
+            Y = g.op("Transpose", Y, perm_i=[0, 2, 1, 3])
+            Y = g.op("Reshape", Y, g.op("Constant", value_t=torch.tensor([0, 0, -1], dtype=torch.long)))
+        elif g.opset >= 13:
+            Y = g.op("Squeeze", Y, g.op("Constant", value_t=torch.tensor([1], dtype=torch.long)))
+        else:
+            Y = g.op("Squeeze", Y, axes_i=[1])
+        return (Y, h_n) if mode != "LSTM" else (Y, h_n, c_n)
+
+
 def exporting_graph() -> bool:
     """torch.export at work (the default ONNX exporter's capture; not the TorchScript exporter's tracer): a padded
     layer is then one scan over the steps, which exports as ONNX's Scan, so the graph takes any sequence length."""

@@ -105,21 +105,19 @@ def _without_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _warn_if_unrolled(x: Tensor, batch_sizes: Tensor, hx: Tensor, weights: list) -> None:
-    # ONNX's TorchScript exporter gets ONNX's own LSTM/GRU/RNN op for a padded layer without projection
-    # (pyrnn.composite); a projected LSTM or a PackedSequence, which those ops cannot express, it traces step by step
-    # through pyrnn.composite's loop (the default exporter gets a scan). The step count is a traced value, whose
-    # tracer would warn that reading it makes it a constant: here, that is the point.
-    projected = any(w.w_hr is not None for w in weights)
-    if not projected and composite._same_size(x.shape[0], batch_sizes.shape[0] * hx.shape[1]):
+def _warn_if_unrolled(batch_sizes: Tensor, weights: list) -> None:
+    # ONNX's TorchScript exporter gets ONNX's own LSTM/GRU/RNN ops for layers without projection, padded
+    # (pyrnn.composite.layer) or packed (composite.onnx_packed_layers); a projected LSTM, which those ops cannot
+    # express, it traces step by step through pyrnn.composite's loop (the default exporter gets a scan). The step
+    # count is a traced value, whose tracer would warn that reading it makes it a constant: here, that is the point.
+    if all(w.w_hr is None for w in weights):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         steps = int(batch_sizes.shape[0])
-    why = "proj_size: ONNX's LSTM has no projection" if projected else "a PackedSequence"
-    warnings.warn(f"pyrnn: ONNX export unrolls the recurrence over the example input's {steps} time steps ({why}): "
-                  "the exported graph takes sequences of that length only (its batch size may be dynamic; the default "
-                  "exporter, dynamo=True, takes any length)", stacklevel=4)
+    warnings.warn(f"pyrnn: ONNX export unrolls the recurrence over the example input's {steps} time steps (proj_size: "
+                  "ONNX's LSTM has no projection): the exported graph takes sequences of that length only (its batch "
+                  "size may be dynamic; the default exporter, dynamo=True, takes any length)", stacklevel=4)
 
 
 def recurrence(
@@ -133,26 +131,34 @@ def recurrence(
     dropout: float,
     training: bool,
     bidirectional: bool,
+    from_packed: bool = False,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """All layers and directions. x: [N, I]; hx: [L*D, B, Hin]; cx: [L*D, B, H] (LSTM);
-    weights in torch.nn order (layer 0 fwd, layer 0 rev, layer 1 fwd, ...).
+    weights in torch.nn order (layer 0 fwd, layer 0 rev, layer 1 fwd, ...). from_packed: x and batch_sizes are a
+    PackedSequence's (what ONNX export needs to know: it maps those to sequence lengths).
     Returns output [N, D*Hin], h_n [L*D, B, Hin], c_n [L*D, B, H] (LSTM) or None."""
     if mode not in MODES:
         raise ValueError(f"Unknown mode '{mode}'")
     if _autocast_enabled(x):
         with _without_autocast(x):
-            return recurrence(mode, x, batch_sizes, hx, cx, weights, num_layers, dropout, training, bidirectional)
+            return recurrence(mode, x, batch_sizes, hx, cx, weights, num_layers, dropout, training, bidirectional,
+                              from_packed)
     if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
         # The CPU kernels compute in float32 (as torch does for half types); gradients flow back through the casts.
         f32 = lambda t: None if t is None else t.float()  # noqa: E731
         out, h_n, c_n = recurrence(
             mode, x.float(), batch_sizes, hx.float(), f32(cx),
             [LayerWeights(*(f32(t) for t in w)) for w in weights],
-            num_layers, dropout, training, bidirectional,
+            num_layers, dropout, training, bidirectional, from_packed,
         )
         return out.to(x.dtype), h_n.to(x.dtype), None if c_n is None else c_n.to(x.dtype)
     if ops.exporting_to_onnx() and not composite.exporting_graph():
-        _warn_if_unrolled(x, batch_sizes, hx, weights)
+        # Not with dropout in training: a Dropout between the layers' ops would hide them from the exporter's pass
+        # (torch.nn's export refuses that case too).
+        onnx_ops = composite.tracing_for_onnx() and not (dropout > 0 and training)
+        if from_packed and onnx_ops and all(w.w_hr is None for w in weights):
+            return composite.onnx_packed_layers(mode, x, batch_sizes, hx, cx, weights, num_layers, bidirectional)
+        _warn_if_unrolled(batch_sizes, weights)
     D = 2 if bidirectional else 1
     h_n, c_n = [], []
     layer_input = x

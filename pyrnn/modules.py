@@ -72,7 +72,7 @@ class _RecurrentMixin(_Scriptable):
                                                    w[-1] if self.proj_size > 0 else None))
         return weights
 
-    def _zeros_state(self, input: Tensor, batch: int) -> tuple[Tensor, Optional[Tensor]]:
+    def _zeros_state(self, input: Tensor, batch) -> tuple[Tensor, Optional[Tensor]]:
         D = 2 if self.bidirectional else 1
         h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         h = torch.zeros(self.num_layers * D, batch, h_size, dtype=input.dtype, device=input.device)
@@ -107,7 +107,9 @@ class _RecurrentMixin(_Scriptable):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched = True
             if hx is None:
-                hx = self._zeros_state(input, int(batch_sizes[0]))
+                # Traced (ONNX's TorchScript exporter), the batch stays a traced value, as torch.nn's does: the exporter
+                # rewrites batch_sizes[0] into the padded input's batch size.
+                hx = self._zeros_state(input, batch_sizes[0] if torch.jit.is_tracing() else int(batch_sizes[0]))
                 hx = hx if is_lstm else hx[0]
             else:
                 # Each batch of the hidden state should match the input sequence that the user believes
@@ -154,6 +156,7 @@ class _RecurrentMixin(_Scriptable):
             self.dropout,
             self.training,
             self.bidirectional,
+            batch_sizes is not None,
         )
         hidden = (h_n, c_n) if is_lstm else h_n
 

@@ -279,6 +279,72 @@ def test_onnx_export_runs_in_onnxruntime_like_torch_nn(name, kw, with_state, unb
         torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-5, atol=1e-6)
 
 
+ONNX_PACKED_CASES = [  # name, constructor arguments, lengths sorted (enforce_sorted), h0 (and c0) given
+    ("LSTM", {"num_layers": 2, "bidirectional": True}, True, False),
+    ("LSTM", {"batch_first": True}, False, True),
+    ("GRU", {"num_layers": 2, "bias": False}, False, False),
+    ("GRU", {"bidirectional": True, "batch_first": True}, True, True),
+    ("RNN", {"nonlinearity": "relu", "num_layers": 2, "bidirectional": True}, False, True),
+]
+
+
+@pytest.mark.parametrize("name,kw,sorted_lengths,with_state", ONNX_PACKED_CASES, ids=str)
+def test_onnx_torchscript_export_of_packed_sequences(name, kw, sorted_lengths, with_state, tmp_path):
+    """pack_padded_sequence -> layer -> pad_packed_sequence through the TorchScript exporter (dynamo=False), as
+    torch.nn's layers export: ONNX's LSTM/GRU/RNN ops with the lengths as sequence_lens, no PackPadded/PadPacked
+    left, and onnxruntime gives torch.nn's outputs at other lengths and batch sizes than the example's."""
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    batch_first, D, L = kw.get("batch_first", False), 2 if kw.get("bidirectional") else 1, kw.get("num_layers", 1)
+
+    class Model(torch.nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x, lengths, h0):
+            packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=sorted_lengths)
+            hx = None if not with_state else ((h0, 0.5 * h0) if name == "LSTM" else h0)
+            out, state = self.layer(packed, hx)
+            y, _ = pad_packed_sequence(out, batch_first=batch_first)
+            return y, state[0] if name == "LSTM" else state
+
+    torch.manual_seed(0)
+    ref = Model(getattr(torch.nn, name)(3, 5, **kw)).eval()
+    ours = Model(getattr(pyrnn, name)(3, 5, **kw)).eval()
+    ours.load_state_dict(ref.state_dict())
+
+    def inputs(lengths):
+        T, B = max(lengths), len(lengths)
+        lengths = lengths if sorted_lengths else lengths[::-1]
+        gen = torch.Generator().manual_seed(B)
+        x = torch.randn((B, T, 3) if batch_first else (T, B, 3), generator=gen)
+        return x, torch.tensor(lengths), torch.randn(L * D, B, 5, generator=gen)
+
+    names = ["x", "lengths", "h0"]
+    axes = {"x": {0: "batch", 1: "time"} if batch_first else {0: "time", 1: "batch"}, "lengths": {0: "batch"},
+            "h0": {1: "batch"}}
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings(), forbid_torch_rnn():
+        warnings.simplefilter("ignore")  # the exporter's own
+        warnings.filterwarnings("error", message="pyrnn")  # nothing unrolled: pyrnn says nothing
+        torch.onnx.export(ours, inputs([4, 3, 1]), str(path), dynamo=False, input_names=names, dynamic_axes=axes)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert name in ops and not {"PackPadded", "PadPacked", "Loop", "Scan"} & ops
+    session = ort.InferenceSession(str(path))
+    for lengths in ([4, 3, 1], [6, 6, 2, 1], [5]):
+        args = inputs(lengths)
+        feed = {n: t.numpy() for n, t in zip(names, args)}
+        got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+        with torch.no_grad():
+            expected = ref(*args)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-5, atol=1e-6)
+
+
 def test_onnx_torchscript_export_says_when_the_steps_are_unrolled():
     pytest.importorskip("onnxscript")
     m = pyrnn.LSTM(3, 5, proj_size=2).eval()
