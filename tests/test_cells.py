@@ -122,6 +122,39 @@ def test_cell_frozen_weights_and_input(name, batch):
     assert all(p.grad is None for p in ours.parameters())
 
 
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("wanted", ["input", "weights"])
+def test_cell_gradient_of_part(name, batch, wanted, monkeypatch):
+    """Weights requiring grad, torch.autograd.grad asked for the input's gradient only (saliency over a loop of
+    cell calls) or for the weights' only: torch.nn's values, and the kernel skips the weight gradients nobody asked
+    for, as torch.nn's nodes do."""
+    from pyrnn import ops
+
+    torch.manual_seed(batch)
+    ref = getattr(nn, name)(6, 20, dtype=torch.float64)
+    ours = getattr(pyrnn, name)(6, 20, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, batch, 6, dtype=torch.float64, requires_grad=True)
+
+    def run(cell):
+        state = None
+        for t in range(3):
+            state = cell(x[t], state)
+        h = state[0] if isinstance(state, tuple) else state
+        return torch.autograd.grad(h.square().sum(), [x] if wanted == "input" else list(cell.parameters()))
+
+    expected = run(ref)
+    flags = []
+    real = ops._IMPLS[ops.cell_backward]
+    monkeypatch.setitem(ops._IMPLS, ops.cell_backward, lambda *a: flags.append(a[-2]) or real(*a))
+    with forbid_torch_rnn():
+        got = run(ours)
+    for g, e in zip(got, expected):
+        assert_close(g, e, torch.float64, wanted)
+    assert flags == [wanted == "weights"] * 3  # weight_grads, per step
+
+
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("batch", [None, 0, 1, 2, 9])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
