@@ -936,8 +936,17 @@ def _validate_cell_backward(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh
 
 
 def _run_cell_backward(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, weight_grads, bias_grads):
-    """_cell_backward_impl without the checks: what the eager backward calls, whose arguments are the forward's
-    own (validated) inputs and workspace and gradients autograd has matched to the outputs (~4 us a call)."""
+    """_cell_backward_impl without the checks (the op's implementation where its arguments are the forward's own,
+    validated, inputs and workspace and gradients autograd has matched to the outputs): _cell_backward_kernel's
+    gradients, an empty tensor for each it did not compute."""
+    grads = _cell_backward_kernel(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, gates, gh_n, weight_grads, bias_grads)
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
+
+
+def _cell_backward_kernel(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, gates, gh_n, weight_grads, bias_grads):
+    """The cell backward's kernel call: dx [B, I], dh0 [B, H], dc0 [B, H] (LSTM) and, if weight_grads, dw_ih [G*H, I],
+    dw_hh [G*H, H] and, if bias_grads too, db_ih, db_hh [G*H]; None for each not computed (the eager backward takes
+    them so: an empty placeholder costs ~0.5 us, five of them a tenth of a B=1 RNNCell backward's Python)."""
     G, (B, I), H = _CELL_GATES[mode], x.shape, h0.shape[1]
     if G > 1 and B > 0 and gates.numel() == 0:
         raise RuntimeError("pyrnn::cell: the forward ran with save_workspace=False (inference), so it cannot be "
@@ -945,11 +954,14 @@ def _run_cell_backward(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, w
     x, h0, c0, w_ih, w_hh, gates, gh_n, dh, dc = _contiguous(x, h0, c0, w_ih, w_hh, gates, gh_n, dh, dc)
     h = h.contiguous() if G == 1 else None  # LSTM, GRU: the kernel does not read the output
     new = x.new_empty
-    dx, dh0, dc0 = new(B, I), new(B, H), new(B, H) if G == 4 else new(0)
-    dw_ih, dw_hh = (new(G * H, I), new(G * H, H)) if weight_grads else (new(0), new(0))
-    db_ih, db_hh = (new(G * H), new(G * H)) if weight_grads and bias_grads else (new(0), new(0))
+    dx, dh0, dc0 = new(B, I), new(B, H), new(B, H) if G == 4 else None
+    dw_ih = dw_hh = db_ih = db_hh = None
+    if weight_grads:
+        dw_ih, dw_hh = new(G * H, I), new(G * H, H)
+        if bias_grads:
+            db_ih, db_hh = new(G * H), new(G * H)
     if B == 0:  # nothing to sum over: zero weight gradients
-        return dx, dh0, dc0, dw_ih.zero_(), dw_hh.zero_(), db_ih.zero_(), db_hh.zero_()
+        return dx, dh0, dc0, *(None if g is None else g.zero_() for g in (dw_ih, dw_hh, db_ih, db_hh))
     cpu_kernels().cell_backward(
         _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
         h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(h), 0, _ptr(gates), _ptr(gh_n),
@@ -989,19 +1001,23 @@ def _cell_backward(ctx, dh, dc, *_workspace_grads):
     return (None, *_cell_gradients(ctx.mode, ctx.saved_tensors, ctx.needs_input_grad[1:8], dh, dc), None)
 
 
-def _cell_gradients(mode: str, saved: tuple, need: tuple, dh: Optional[Tensor], dc: Optional[Tensor]) -> tuple:
+def _cell_gradients(mode: str, saved: tuple, need: tuple, dh: Optional[Tensor], dc: Optional[Tensor],
+                    eager: bool = False) -> tuple:
     """The cell's backward from what its forward saved, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, gh_n), and
-    which of the first seven need a gradient (need). Returns their seven gradients, None where not needed."""
+    which of the first seven need a gradient (need). Returns their seven gradients, None where not needed. eager:
+    from _EagerCell, whose saved tensors are plain (the kernel call needs no look at them first)."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, h, c, gates, gh_n = saved
     if _backward_in_torch_ops(dh, dc):
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         return _differentiate(lambda: _composite.cell(mode, *inputs), (dh, dc), inputs, need)
     dh = _zeros_if_none(dh, h0)
     dc = _zeros_if_none(dc, h0.new_empty(h0.shape[0], w_hh.shape[1])) if mode == "LSTM" else None
-    has_bias = b_ih is not None
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _call(
-        cell_backward, mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, any(need[3:7]), has_bias
-    )
+    has_bias, weight_grads = b_ih is not None, any(need[3:7])
+    if eager and not torch._C._are_functorch_transforms_active():
+        grads = _cell_backward_kernel(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, gates, gh_n, weight_grads, has_bias)
+    else:
+        grads = _call(cell_backward, mode, dh, dc, x, h0, c0, w_ih, w_hh, h, c, gates, gh_n, weight_grads, has_bias)
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads
     return (dx if need[0] else None, dh0 if need[1] else None, dc0 if mode == "LSTM" and need[2] else None,
             dw_ih if need[3] else None, dw_hh if need[4] else None, db_ih if has_bias and need[5] else None,
             db_hh if has_bias and need[6] else None)
@@ -1029,7 +1045,7 @@ class _EagerCell(torch.autograd.Function):
     def backward(ctx, dh, dc=None):
         saved = ctx.saved_tensors
         need = _engine_needs(ctx, (None, *saved[:7]), probe=5)  # (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        return (None, *_cell_gradients(ctx.mode, saved, need[1:], dh, dc))
+        return (None, *_cell_gradients(ctx.mode, saved, need[1:], dh, dc, eager=True))
 
 
 def cell_eager(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
