@@ -36,10 +36,6 @@ def time_major_batch_sizes(T: int, B: int) -> Tensor:
     return torch.full((T,), B, dtype=torch.int64)
 
 
-def _needs_workspace(*tensors: Optional[Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def layer_direction(
     mode: str,
     x: Tensor,
@@ -52,7 +48,7 @@ def layer_direction(
     """One layer-direction. x: [N, I], h0: [B, Hin], c0: [B, H]. Returns y [N, Hin], h_n [B, Hin], c_n."""
     if ops.needs_composite():  # forward-mode AD, nested torch.func transforms, ONNX export: torch's ops
         return composite.layer(mode, x, w.w_ih, w.b_ih, w.b_hh, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse)
-    save = _needs_workspace(x, h0, c0, *w)
+    save = ops.needs_workspace(x, h0, c0, *w)
     if mode == "LSTM":
         y, h_n, c_n, *_ = ops.apply(ops.lstm_layer, x, w.w_ih, w.b_ih, w.b_hh, w.w_hh, w.w_hr, h0, c0, batch_sizes,
                                     reverse, save)
@@ -79,7 +75,7 @@ def cell(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights
         args = (x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
         if ops.plain_eager(args):  # nothing compiles, traces or transforms it
             return ops.cell_eager(mode, *args)
-        h, c, *_ = ops.apply(ops.cell, mode, *args, _needs_workspace(*args))
+        h, c, *_ = ops.apply(ops.cell, mode, *args, ops.needs_workspace(*args))
         return h, (c if mode == "LSTM" else None)
     if x.is_cpu and x.dtype in (torch.bfloat16, torch.float16):
         # In float32, as the layers (recurrence) and torch's CPU cells compute half types. (After the float32 path:

@@ -194,6 +194,12 @@ def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad.contiguous()
 
 
+def needs_workspace(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd records a call on these tensors (grad mode on, one of them requiring grad): then the
+    forward saves its workspace for the backward."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _workspace_has_no_grad(ctx, *workspace: Tensor) -> None:
     # Without this autograd hands the backward a zero-filled gradient for every output it did not reach, the
     # workspace included ([N, 4H] and more: a third of an LSTM training step went to filling them).
@@ -1053,7 +1059,7 @@ def cell_eager(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Ten
     """pyrnn::cell for a plain eager call (plain_eager): h [B, H] and c [B, H] (LSTM) or None. The kernel alone where
     nothing will differentiate it (cell_inference), else through autograd with the workspace saved."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if needs_workspace(*tensors):
         out = _EagerCell.apply(mode, *tensors)
         return out if mode == "LSTM" else (out, None)
     return cell_inference(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
