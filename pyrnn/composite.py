@@ -134,17 +134,32 @@ def _onnx_rows(mode: str, w: Tensor, inverse: bool = False) -> Tensor:
     return torch.cat([blocks[k] for k in order])
 
 
+def _onnx_weights(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction's weights as ONNX's ops take them, in ONNX's gate order: W [G*H, I], R [G*H, H], Bias [2*G*H]
+    (zeros for absent biases)."""
+    zeros = w_ih.new_zeros(w_ih.shape[0])
+    bias = torch.cat([_onnx_rows(mode, zeros if b_ih is None else b_ih),
+                      _onnx_rows(mode, zeros if b_hh is None else b_hh)])
+    return _onnx_rows(mode, w_ih), _onnx_rows(mode, w_hh), bias
+
+
+def _torch_weights(mode: str, W: Tensor, R: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """_onnx_weights undone: w_ih, w_hh, b_ih, b_hh in torch's gate order."""
+    GH = W.shape[0]
+    return (_onnx_rows(mode, W, inverse=True), _onnx_rows(mode, R, inverse=True),
+            _onnx_rows(mode, bias[:GH], inverse=True), _onnx_rows(mode, bias[GH:], inverse=True))
+
+
 def _onnx_rnn_op(mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor,
                  h0: Tensor, c0: Optional[Tensor], reverse: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """layer() of a padded input as one ONNX LSTM/GRU/RNN node (_OnnxRecurrence). x [T*B, I] -> X [T, B, I]."""
-    B, GH = h0.shape[0], w_ih.shape[0]
-    zeros = w_ih.new_zeros(GH)
-    bias = torch.cat([_onnx_rows(mode, zeros if b_ih is None else b_ih),
-                      _onnx_rows(mode, zeros if b_hh is None else b_hh)])
+    B = h0.shape[0]
+    W, R, bias = _onnx_weights(mode, w_ih, w_hh, b_ih, b_hh)
     X = x.reshape(-1, B, x.shape[1])
     states = (h0.unsqueeze(0),) if c0 is None else (h0.unsqueeze(0), c0.unsqueeze(0))
-    out = _OnnxRecurrence.apply(mode, reverse, w_hh.shape[1], X, _onnx_rows(mode, w_ih).unsqueeze(0),
-                                _onnx_rows(mode, w_hh).unsqueeze(0), bias.unsqueeze(0), *states)
+    out = _OnnxRecurrence.apply(mode, reverse, w_hh.shape[1], X, W.unsqueeze(0), R.unsqueeze(0), bias.unsqueeze(0),
+                                *states)
     Y, h_n = out[0], out[1]  # Y [T, 1, B, H], h_n [1, B, H]
     return Y.reshape(-1, Y.shape[3]), h_n.squeeze(0), None if c0 is None else out[2].squeeze(0)
 
@@ -157,9 +172,7 @@ class _OnnxRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mode, reverse, hidden_size, X, W, R, bias, h0, c0=None):
         T, B, I = X.shape
-        GH = W.shape[1]
-        w_ih, w_hh = _onnx_rows(mode, W[0], inverse=True), _onnx_rows(mode, R[0], inverse=True)
-        b_ih, b_hh = _onnx_rows(mode, bias[0, :GH], inverse=True), _onnx_rows(mode, bias[0, GH:], inverse=True)
+        w_ih, w_hh, b_ih, b_hh = _torch_weights(mode, W[0], R[0], bias[0])
         y, h_n, c_n = _steps(mode, X.reshape(T * B, I), w_ih, b_ih, b_hh, w_hh, None, h0[0],
                              None if c0 is None else c0[0], [B] * T, True, reverse)
         Y = y.reshape(T, 1, B, y.shape[1])
@@ -192,11 +205,8 @@ def onnx_packed_layers(mode: str, x: Tensor, batch_sizes: Tensor, hx: Tensor, cx
     h_n, c_n, layer_input = [], [], x
     for layer in range(num_layers):
         ws = weights[layer * D:(layer + 1) * D]
-        zeros = ws[0].w_ih.new_zeros(ws[0].w_ih.shape[0])
-        W = torch.stack([_onnx_rows(mode, w.w_ih) for w in ws])  # [D, G*H, I]
-        R = torch.stack([_onnx_rows(mode, w.w_hh) for w in ws])  # [D, G*H, H]
-        bias = torch.stack([torch.cat([_onnx_rows(mode, zeros if w.b_ih is None else w.b_ih),
-                                       _onnx_rows(mode, zeros if w.b_hh is None else w.b_hh)]) for w in ws])
+        per_direction = [_onnx_weights(mode, w.w_ih, w.w_hh, w.b_ih, w.b_hh) for w in ws]
+        W, R, bias = (torch.stack(t) for t in zip(*per_direction))  # [D, G*H, I], [D, G*H, H], [D, 2*G*H]
         states = [hx[layer * D:(layer + 1) * D]] + ([] if cx is None else [cx[layer * D:(layer + 1) * D]])
         out = _OnnxPackedLayer.apply(mode, D, ws[0].w_hh.shape[1], layer_input, batch_sizes, W, R, bias, *states)
         layer_input = out[0]
@@ -213,10 +223,8 @@ class _OnnxPackedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mode, directions, hidden_size, x, batch_sizes, W, R, bias, h0, c0=None):
         sizes, ys, hs, cs = batch_sizes.tolist(), [], [], []
-        GH = W.shape[1]
         for d in range(directions):
-            w_ih, w_hh = _onnx_rows(mode, W[d], inverse=True), _onnx_rows(mode, R[d], inverse=True)
-            b_ih, b_hh = _onnx_rows(mode, bias[d, :GH], inverse=True), _onnx_rows(mode, bias[d, GH:], inverse=True)
+            w_ih, w_hh, b_ih, b_hh = _torch_weights(mode, W[d], R[d], bias[d])
             y, h, c = _steps(mode, x, w_ih, b_ih, b_hh, w_hh, None, h0[d], None if c0 is None else c0[d], sizes,
                              False, d == 1)
             ys.append(y)

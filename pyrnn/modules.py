@@ -7,7 +7,7 @@ state_dict, repr and isinstance checks are torch's own; only forward() is replac
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -72,7 +72,7 @@ class _RecurrentMixin(_Scriptable):
                                                    w[-1] if self.proj_size > 0 else None))
         return weights
 
-    def _zeros_state(self, input: Tensor, batch) -> tuple[Tensor, Optional[Tensor]]:
+    def _zeros_state(self, input: Tensor, batch: Union[int, Tensor]) -> tuple[Tensor, Optional[Tensor]]:
         D = 2 if self.bidirectional else 1
         h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         h = torch.zeros(self.num_layers * D, batch, h_size, dtype=input.dtype, device=input.device)
