@@ -172,3 +172,28 @@ def _gradients_match(run, ref, ours, what):
     got = run(ours)
     for g, e in zip(got, expected):
         assert_close(g, e, torch.float64, what)
+
+
+@pytest.mark.parametrize("name,kw", [("LSTM", {"num_layers": 2}), ("GRU", {"bidirectional": True}), ("RNN", {})],
+                         ids=str)
+def test_input_gradient_alone_on_the_gpu_path(name, kw, triton_backend, monkeypatch):
+    """torch.autograd.grad with respect to the input only, after a GPU-backend forward: torch.nn's gradient, and no
+    weight-gradient GEMM (the layers' backward asks autograd's engine what it needs, on every backend)."""
+    from pyrnn import ops
+
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(4, 5, dtype=torch.float64, **kw)
+    ours = getattr(pyrnn, name)(4, 5, dtype=torch.float64, **kw)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    gemms = []
+    real_gemm = ops._IMPLS[ops.gemm]
+    monkeypatch.setitem(ops._IMPLS, ops.gemm, lambda a, *rest: gemms.append(tuple(a.shape)) or real_gemm(a, *rest))
+
+    def run(module):
+        inp = x.clone().requires_grad_(True)
+        out, _ = module(inp)
+        return torch.autograd.grad(out.square().sum(), [inp])
+
+    _gradients_match(run, ref, ours, "input gradient")
+    assert not [a for a in gemms if a[1] == 6 * 3], "a weight gradient dG^T [G*H, N] @ h was computed"
