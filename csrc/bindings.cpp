@@ -67,6 +67,16 @@ void set_isa(const std::string& name) {
   throw std::invalid_argument("pyrnn: instruction set '" + name + "' is not available here (have: " + have + ")");
 }
 
+// The CPU's maker, by cpuid: which GEMM serves the large non-recurrent products (pyrnn/ops.py _torch_gemm).
+std::string cpu_vendor() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("intel")) return "intel";
+  if (__builtin_cpu_is("amd")) return "amd";
+#endif
+  return "other";
+}
+
 std::vector<std::string> available_isas() {
   std::vector<std::string> names;
   for (const auto& s : supported_sets()) names.emplace_back(s.name);
@@ -281,6 +291,7 @@ PYBIND11_MODULE(_C, m) {
   }, "workspace cache: bytes in use and kept idle, the idle cap, hits and misses");
   m.def("pool_set_limit", &pyrnn::pool_set_limit, py::arg("bytes"), "cap on the idle bytes the cache keeps");
   m.def("pool_clear", &pyrnn::pool_clear, "free every idle workspace buffer");
+  m.def("cpu_vendor", &cpu_vendor, "'intel', 'amd' or 'other' (cpuid)");
   m.def("isa", [] { return std::string(active->name); }, "instruction set the kernels run with");
   m.def("available_isas", &available_isas, "instruction sets this build and CPU support, best first");
   m.def("set_isa", &set_isa, py::arg("name"), "force an instruction set ('auto' for the best)");

@@ -9,11 +9,11 @@ The recurrences run in pyrnn's own kernels (C++ on the CPU); torch.nn's recurren
 from __future__ import annotations
 
 from . import ops  # noqa: F401  (registers the torch.library ops)
-from .backend import get_backend, set_backend
+from .backend import get_backend, get_cpu_gemm, set_backend, set_cpu_gemm
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = [
-    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "backends", "set_backend", "get_backend",
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "backends", "set_backend", "get_backend", "set_cpu_gemm", "get_cpu_gemm",
     "workspace_cache_stats", "set_workspace_cache_limit", "empty_cache",
 ]
 __version__ = "0.1.0"
@@ -23,6 +23,8 @@ def backends() -> dict:
     """What this installation can run: {backend: {"available": bool, ...details or "reason"}}. Where the CUDA
     extension is built, "tf32_recurrence" says whether its resident kernels may run the recurrent dot products in
     TF32 on tensor cores (opt-in: pyrnn.cuda_launch.set_mma or PYRNN_CUDA_MMA=1)."""
+    import torch
+
     from ._ext import BUILD_HINT, _C, _IMPORT_ERROR
 
     cpu = {"available": _C is not None}
@@ -30,9 +32,13 @@ def backends() -> dict:
         cpu["isa"] = _C.isa()
         cpu["isas"] = list(_C.available_isas())
         cpu["threads"] = _C.thread_backend()
+        cpu["vendor"] = _C.cpu_vendor()
+        from .ops import torch_cpu_gemm
+
+        cpu["gemm"] = "torch (MKL)" if torch_cpu_gemm() and torch.backends.mkl.is_available() else (
+            "torch" if torch_cpu_gemm() else "pyrnn")
     else:
         cpu["reason"] = f"{BUILD_HINT} ({_IMPORT_ERROR})"
-    import torch
 
     from .backend import cuda_ext_status, interpreting, triton_status
 

@@ -5,6 +5,11 @@ weight-resident persistent kernels where they take the layer; on an H100 1.3x th
 speed over cuDNN, more at B >= 16) and the Triton kernels where pyrnn._cuda was not built. Force one for testing
 with pyrnn.set_backend(name) (or the PYRNN_BACKEND environment variable): "cpu", "triton", "cuda", "auto".
 The Triton kernels also run on CPU tensors under TRITON_INTERPRET=1 (how CI tests them).
+
+The large non-recurrent GEMMs of the CPU path (input projection, dx, the weight gradients) run in pyrnn's own
+GEMM or in torch's (MKL): pyrnn.set_cpu_gemm(name) or PYRNN_CPU_GEMM, "pyrnn", "torch" or "auto" (torch's on
+Intel CPUs where torch has MKL, pyrnn's elsewhere: MKL runs these shapes at ~90% of the FMA peak on Intel and
+~40% on AMD; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -28,6 +33,25 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     return _forced
+
+
+CPU_GEMMS = ("auto", "pyrnn", "torch")
+_cpu_gemm = os.environ.get("PYRNN_CPU_GEMM", "auto")
+if _cpu_gemm not in CPU_GEMMS:
+    raise ValueError(f"pyrnn: PYRNN_CPU_GEMM={_cpu_gemm!r}, expected one of {CPU_GEMMS}")
+
+
+def set_cpu_gemm(name: str) -> None:
+    """Choose the GEMM of the CPU path's large products: "pyrnn" (its own), "torch" (torch.mm: MKL where torch has
+    it) or "auto" (torch's on Intel CPUs with MKL, pyrnn's elsewhere)."""
+    global _cpu_gemm
+    if name not in CPU_GEMMS:
+        raise ValueError(f"pyrnn: unknown CPU GEMM '{name}', expected one of {CPU_GEMMS}")
+    _cpu_gemm = name
+
+
+def get_cpu_gemm() -> str:
+    return _cpu_gemm
 
 
 def triton_status() -> tuple[bool, str]:

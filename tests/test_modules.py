@@ -291,9 +291,12 @@ def test_zero_batch_is_accepted():
         assert h.shape == (4, 0, 6)
 
 
-def test_larger_sizes_float32():
-    """Sizes the benchmarks use, so multi-threaded blocking with full panels is covered."""
+@pytest.mark.parametrize("gemm", ["pyrnn", "torch"])
+def test_larger_sizes_float32(gemm, monkeypatch):
+    """Sizes the benchmarks use, so multi-threaded blocking with full panels is covered; the large GEMMs in
+    pyrnn's and in torch's (MKL), whichever this CPU would choose (pyrnn.set_cpu_gemm)."""
     torch.manual_seed(0)
+    monkeypatch.setattr(pyrnn.backend, "_cpu_gemm", gemm)
     for cell in ["LSTM", "GRU", "RNN"]:
         cfg = Config(cell, 64, 130, 2, True, False, 0.0, True, 0, "tanh", 12, 16, "no", False, True, True,
                      torch.float32, 0)
