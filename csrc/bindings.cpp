@@ -190,7 +190,9 @@ Kernel KernelSet::*cell_kernel(int mode, bool backward) {
 }
 
 // x: [B, I], h0/c0: [B, H], w_ih: [G*H, I], w_hh: [G*H, H], b_ih/b_hh: [G*H]; writes gx [B, G*H] (0: scratch here),
-// h, c (LSTM) [B, H] and, when given, the workspace gates [B, G*H] (LSTM, GRU) and gh_n [B, H] (GRU).
+// h, c (LSTM) [B, H] and, when given, the workspace gates [B, G*H] (LSTM, GRU) and gh_n [B, H] (GRU). With x = 0,
+// gx [B, G*H] is the caller's input projection instead, biases folded as the layers fold them (GRU: b_hh of r
+// and z only; b_hn still comes from b_hh).
 void cell_forward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int64_t H, uintptr_t x, uintptr_t h0,
                   uintptr_t c0, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t gx,
                   uintptr_t h, uintptr_t c, uintptr_t gates, uintptr_t gh_n) {
@@ -207,22 +209,25 @@ void cell_forward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int64
   (active->*cell_kernel(mode, false))(a);
 }
 
-// Backward of cell_forward from dh (and dc) [B, H]: writes dx [B, I], dh0 [B, H], dc0 (LSTM) [B, H] and, where
-// given, the weight gradients dw_ih [G*H, I], dw_hh [G*H, H], db_ih, db_hh [G*H].
+// Backward of cell_forward from dh (and dc) [B, H]: writes dh0 [B, H], dc0 (LSTM) [B, H] and, with x given, dx
+// [B, I] and (where given) the weight gradients dw_ih [G*H, I], dw_hh [G*H, H], db_ih, db_hh [G*H]. With x = 0
+// the caller takes the gate gradients instead (d_gates [B, G*H] and, GRU, d_gates_h [B, G*H], where its n part
+// differs) and forms dx and the weight gradients itself (torch's MKL GEMMs on Intel CPUs).
 void cell_backward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int64_t H, uintptr_t x, uintptr_t h0,
                    uintptr_t c0, uintptr_t w_ih, uintptr_t w_hh, uintptr_t h, uintptr_t c, uintptr_t gates,
                    uintptr_t gh_n, uintptr_t dh, uintptr_t dc, uintptr_t dx, uintptr_t dh0, uintptr_t dc0,
-                   uintptr_t dw_ih, uintptr_t dw_hh, uintptr_t db_ih, uintptr_t db_hh) {
+                   uintptr_t dw_ih, uintptr_t dw_hh, uintptr_t db_ih, uintptr_t db_hh, uintptr_t d_gates,
+                   uintptr_t d_gates_h) {
   RecurrenceArgs a = cell_args(mode, dtype, nthreads, B, I, H, x, w_ih, w_hh);
   const int64_t G = cell_gates(mode);
-  // dh arrives as dy and dh_n is zero; the gate gradients and the driver's two-step rings (which a single step
-  // only names) are scratch. doubles: room for either dtype.
+  // dh arrives as dy and dh_n is zero; the gate gradients (unless the caller takes them) and the driver's
+  // two-step rings (which a single step only names) are scratch. doubles: room for either dtype.
   std::vector<double> zeros(static_cast<size_t>(B * H), 0.0), scratch(static_cast<size_t>(4 * B * H + 2 * B * G * H));
   a.dy = dh, a.dh_n = reinterpret_cast<uintptr_t>(zeros.data());
   a.dh_prev_ws = reinterpret_cast<uintptr_t>(scratch.data());
   a.dc_prev_ws = reinterpret_cast<uintptr_t>(scratch.data() + 2 * B * H);
-  a.d_gates = reinterpret_cast<uintptr_t>(scratch.data() + 4 * B * H);
-  if (mode == 1) a.d_gates_h = reinterpret_cast<uintptr_t>(scratch.data() + 4 * B * H + B * G * H);
+  a.d_gates = d_gates ? d_gates : reinterpret_cast<uintptr_t>(scratch.data() + 4 * B * H);
+  if (mode == 1) a.d_gates_h = d_gates_h ? d_gates_h : reinterpret_cast<uintptr_t>(scratch.data() + 4 * B * H + B * G * H);
   // h (the output, which the RNN's derivative reads as h_n) and c (LSTM, recomputed from the gates when 0) may be
   // 0 where the caller did not keep them.
   a.y = a.h_n = h, a.cell = c, a.h0 = h0, a.c0 = c0, a.dc_n = dc, a.gates = gates, a.gh_n = gh_n, a.h_prev_ws = h0;

@@ -27,16 +27,21 @@ def test_cell_matches_torch(name, hidden, batch, bias, with_hx, dtype):
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("input_size,hidden,batch", [(9, 40, 1), (5, 17, 2), (3, 70, 9), (40, 33, 37), (4, 5, 0)])
 @pytest.mark.parametrize("threaded", [False, True])
-def test_cell_kernel_paths(name, input_size, hidden, batch, threaded):
+@pytest.mark.parametrize("gemm", ["pyrnn", "torch"])
+def test_cell_kernel_paths(name, input_size, hidden, batch, threaded, gemm, monkeypatch):
     """Every way the cell kernel runs a step: dot products with the weight rows (one or two rows, one thread or
     units split over threads, hidden sizes not a multiple of the SIMD width) and, from a few rows on, the
-    input projection, dx and the weight gradients as GEMMs around the packed recurrent step; an empty batch."""
+    input projection, dx and the weight gradients as GEMMs around the packed recurrent step, in the kernel's
+    own GEMM or in torch's (MKL, with the kernel taking gx and handing back the gate gradients:
+    pyrnn.set_cpu_gemm); an empty batch."""
+    monkeypatch.setattr(pyrnn.backend, "_cpu_gemm", gemm)
     old = _C.get_parallel_threshold()
     if threaded:
         _C.set_parallel_threshold(1)
     try:
         for dtype in (torch.float32, torch.float64):
-            _check_cell(name, input_size, hidden, batch, True, True, dtype)
+            for bias in (True, False):
+                _check_cell(name, input_size, hidden, batch, bias, True, dtype)
     finally:
         _C.set_parallel_threshold(old)
 
