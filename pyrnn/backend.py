@@ -20,34 +20,34 @@ import os
 from torch import Tensor
 
 BACKENDS = ("auto", "cpu", "triton", "cuda")
+CPU_GEMMS = ("auto", "pyrnn", "torch")
+
+
+def _checked(name: str, allowed: tuple, what: str) -> str:
+    if name not in allowed:
+        raise ValueError(f"pyrnn: unknown {what} '{name}', expected one of {allowed}")
+    return name
+
+
 _forced = os.environ.get("PYRNN_BACKEND", "auto")
+_cpu_gemm = _checked(os.environ.get("PYRNN_CPU_GEMM", "auto"), CPU_GEMMS, "CPU GEMM (PYRNN_CPU_GEMM)")
 
 
 def set_backend(name: str) -> None:
     """Force the kernels pyrnn's ops run with ("auto" restores the default choice by device)."""
     global _forced
-    if name not in BACKENDS:
-        raise ValueError(f"pyrnn: unknown backend '{name}', expected one of {BACKENDS}")
-    _forced = name
+    _forced = _checked(name, BACKENDS, "backend")
 
 
 def get_backend() -> str:
     return _forced
 
 
-CPU_GEMMS = ("auto", "pyrnn", "torch")
-_cpu_gemm = os.environ.get("PYRNN_CPU_GEMM", "auto")
-if _cpu_gemm not in CPU_GEMMS:
-    raise ValueError(f"pyrnn: PYRNN_CPU_GEMM={_cpu_gemm!r}, expected one of {CPU_GEMMS}")
-
-
 def set_cpu_gemm(name: str) -> None:
     """Choose the GEMM of the CPU path's large products: "pyrnn" (its own), "torch" (torch.mm: MKL where torch has
     it) or "auto" (torch's on Intel CPUs with MKL, pyrnn's elsewhere)."""
     global _cpu_gemm
-    if name not in CPU_GEMMS:
-        raise ValueError(f"pyrnn: unknown CPU GEMM '{name}', expected one of {CPU_GEMMS}")
-    _cpu_gemm = name
+    _cpu_gemm = _checked(name, CPU_GEMMS, "CPU GEMM")
 
 
 def get_cpu_gemm() -> str:
