@@ -477,7 +477,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     info["fma_peak_gflops"] = peak = fma_peak_gflops()
     print(f"pyrnn {info['pyrnn']} vs torch {info['torch']} on {info.get('cpu', info['machine'])}, "
           f"{info['threads']} threads, CPU kernels: {info['backends']['cpu'].get('isa')} "
-          f"({info['backends']['cpu'].get('threads')} threads), float32 FMA peak {peak:.0f} GFLOP/s, "
+          f"({info['backends']['cpu'].get('threads')} threads, GEMMs: {info['backends']['cpu'].get('gemm')}), "
+          f"float32 FMA peak {peak:.0f} GFLOP/s, "
           f"malloc {'tuned' if info['malloc_tuned'] else 'glibc defaults'}")
     results = []
     for i, case in enumerate(cases):
