@@ -273,8 +273,9 @@ _torch_gemm_auto: Optional[bool] = None
 def torch_cpu_gemm() -> bool:
     """Whether the CPU path's large GEMMs run in torch's (MKL) rather than pyrnn's (pyrnn.set_cpu_gemm). "auto":
     torch's on Intel CPUs where torch has MKL. Measured on a 2-core Xeon (AVX-512, 2 threads), MKL against pyrnn's
-    GEMM on the layers' shapes: 1.05-1.6x faster (the weight gradients most), ~90% of the FMA peak; on the AMD
-    EPYC (Zen 5) machines MKL ran them at ~40%, pyrnn's at 76-93%."""
+    GEMM on the layers' shapes: float32 1.02-1.6x faster (the weight gradients most), ~90% of the FMA peak;
+    float64 0.92-1.4x (the small projections slower, the weight gradients faster); whole training steps 1.06-1.19x.
+    On the AMD EPYC (Zen 5) machines MKL ran them at ~40% of the peak, pyrnn's at 76-93%."""
     global _torch_gemm_auto
     choice = _backend.get_cpu_gemm()
     if choice != "auto":
