@@ -13,8 +13,8 @@ from .backend import get_backend, get_cpu_gemm, set_backend, set_cpu_gemm
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = [
-    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "backends", "set_backend", "get_backend", "set_cpu_gemm", "get_cpu_gemm",
-    "workspace_cache_stats", "set_workspace_cache_limit", "empty_cache",
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "backends", "set_backend", "get_backend",
+    "set_cpu_gemm", "get_cpu_gemm", "workspace_cache_stats", "set_workspace_cache_limit", "empty_cache",
 ]
 __version__ = "0.1.0"
 
@@ -35,8 +35,9 @@ def backends() -> dict:
         cpu["vendor"] = _C.cpu_vendor()
         from .ops import torch_cpu_gemm
 
-        cpu["gemm"] = "torch (MKL)" if torch_cpu_gemm() and torch.backends.mkl.is_available() else (
-            "torch" if torch_cpu_gemm() else "pyrnn")
+        cpu["gemm"] = "pyrnn"
+        if torch_cpu_gemm():
+            cpu["gemm"] = "torch (MKL)" if torch.backends.mkl.is_available() else "torch"
     else:
         cpu["reason"] = f"{BUILD_HINT} ({_IMPORT_ERROR})"
 

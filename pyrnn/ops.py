@@ -873,9 +873,8 @@ def _cell_run(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace):
     gh_n = x.new_empty(B, H) if save_workspace and G == 3 else None
     if B > 0:  # (an empty batch is allowed, as torch.nn's cells allow it)
         gx = None
-        if _cell_gemms_in_torch(B):  # the input projection in MKL, the kernel from gx on
-            bias = _projection_bias(b_ih, b_hh, 2 * H if G == 3 else G * H)
-            gx = torch.addmm(bias, x, w_ih.t()) if bias is not None else x.mm(w_ih.t())  # [B, G*H]
+        if _cell_gemms_in_torch(B):  # the input projection in MKL, as a layer's; the kernel from gx on
+            gx = _projection(x, w_ih, b_ih, b_hh, 2 * H if G == 3 else G * H)  # [B, G*H]
         cpu_kernels().cell_forward(
             _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H,
             x.data_ptr() if gx is None else 0, h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih),
@@ -1012,7 +1011,7 @@ def _cell_backward_kernel(mode, dh, dc, x, h0, c0, w_ih, w_hh, h, gates, gh_n, w
         _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H,
         x.data_ptr() if d_gates is None else 0, h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(h),
         0, _ptr(gates), _ptr(gh_n), dh.data_ptr(), _ptr(dc), dx.data_ptr(), dh0.data_ptr(), _ptr(dc0), _ptr(dw_ih),
-        _ptr(dw_hh), _ptr(db_ih), _ptr(db_hh), _ptr(d_gates), _ptr(d_gates_h) if G == 3 else 0,
+        _ptr(dw_hh), _ptr(db_ih), _ptr(db_hh), _ptr(d_gates), _ptr(d_gates_h),
     )
     if d_gates is not None:
         torch.mm(d_gates, w_ih, out=dx)  # [B, G*H] @ [G*H, I]
