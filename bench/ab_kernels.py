@@ -1,7 +1,7 @@
 """Two builds of pyrnn's CPU kernels timed side by side in one process (see bench/ab_build.sh).
 
     bash bench/ab_build.sh _Cold HEAD~1 /tmp/pyrnn_ab && bash bench/ab_build.sh _Cnew wt /tmp/pyrnn_ab
-    python bench/ab_kernels.py _Cold _Cnew --dir /tmp/pyrnn_ab [--rounds 15] [--steps] [--only gemm,lstm_f]
+    python bench/ab_kernels.py _Cold _Cnew --dir /tmp/pyrnn_ab [--rounds 15] [--steps | --cells] [--only gemm,lstm_f]
 
 Every case runs through pyrnn.ops with `ops.cpu_kernels` pointed at one build or the other; the order of the
 two is shuffled per case and round, and the report gives each build's median time and the median of the
@@ -79,6 +79,27 @@ def step_cases():
     return cases
 
 
+def cell_cases():
+    """Cell loops as pyrnn.bench times them (20 calls from Python, state carried), where each call is one step."""
+    from pyrnn.bench import _cell_loop
+    cases = {}
+    for cell in ("LSTM", "GRU", "RNN"):
+        for B in (4, 8, 32):
+            for train in (False, True):
+                m = getattr(pyrnn, cell + "Cell")(256, 256)
+                x = torch.randn(20, B, 256)
+
+                def run(m=m, x=x, train=train):
+                    m.zero_grad(set_to_none=True)
+                    with torch.set_grad_enabled(train):
+                        total = _cell_loop(m, x.requires_grad_(train))
+                    if train:
+                        total.backward()
+
+                cases[f"{cell}Cell {'train' if train else 'infer'} T=20 B={B} H=256"] = run
+    return cases
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("a")
@@ -87,6 +108,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--steps", action="store_true", help="whole layers (training steps, inference) instead of kernels")
+    p.add_argument("--cells", action="store_true", help="cell loops (one step a call) instead of kernels")
     p.add_argument("--only", default=None, help="comma-separated substrings of the case names to keep")
     args = p.parse_args()
     if args.threads:
@@ -96,6 +118,8 @@ def main() -> None:
     torch.manual_seed(0)
     if args.steps:
         cases = step_cases()
+    elif args.cells:
+        cases = cell_cases()
     else:
         cases = {}
         for shape in [(35, 20, 200), (100, 64, 256), (50, 32, 128), (200, 1, 256)]:

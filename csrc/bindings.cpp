@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
@@ -189,18 +190,25 @@ Kernel KernelSet::*cell_kernel(int mode, bool backward) {
   return backward ? &KernelSet::rnn_backward : &KernelSet::rnn_forward;
 }
 
-// x: [B, I], h0/c0: [B, H], w_ih: [G*H, I], w_hh: [G*H, H], b_ih/b_hh: [G*H]; writes gx [B, G*H] (0: scratch here),
-// h, c (LSTM) [B, H] and, when given, the workspace gates [B, G*H] (LSTM, GRU) and gh_n [B, H] (GRU). With x = 0,
-// gx [B, G*H] is the caller's input projection instead, biases folded as the layers fold them (GRU: b_hh of r
-// and z only; b_hn still comes from b_hh).
+// Scratch for a cell call (doubles: room for either dtype), kept per calling thread and grown as needed, like
+// torch's own CPU allocator keeps blocks: a fresh std::vector per call zero-filled it and, past glibc's mmap
+// threshold (128 KiB: the gx of an LSTM cell at B=32 H=256), mapped and page-faulted it anew on every call.
+double* cell_scratch(size_t n) {
+  thread_local std::vector<double> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// x: [B, I], h0/c0: [B, H], w_ih: [G*H, I], w_hh: [G*H, H], b_ih/b_hh: [G*H]; writes h, c (LSTM) [B, H] and, when
+// given, the workspace gates [B, G*H] (LSTM, GRU) and gh_n [B, H] (GRU).
 void cell_forward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int64_t H, uintptr_t x, uintptr_t h0,
-                  uintptr_t c0, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t gx,
-                  uintptr_t h, uintptr_t c, uintptr_t gates, uintptr_t gh_n) {
+                  uintptr_t c0, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t h,
+                  uintptr_t c, uintptr_t gates, uintptr_t gh_n) {
+  if (!x) throw std::invalid_argument("pyrnn: cell_forward needs x");
   RecurrenceArgs a = cell_args(mode, dtype, nthreads, B, I, H, x, w_ih, w_hh);
   const int64_t G = cell_gates(mode);
-  std::vector<double> gx_scratch(gx ? 0 : static_cast<size_t>(B * G * H));  // doubles: room for either dtype
+  a.gx = reinterpret_cast<uintptr_t>(cell_scratch(static_cast<size_t>(B * G * H)));  // [B, G*H], the kernel's
   a.h0 = h0, a.c0 = c0, a.b_ih = b_ih, a.b_hh = b_hh;
-  a.gx = gx ? gx : reinterpret_cast<uintptr_t>(gx_scratch.data());
   a.y = a.h_n = h;     // one step: the output is the final state
   a.cell = a.c_n = c;  // likewise the cell state
   a.gates = gates, a.gh_n = gh_n;
@@ -222,12 +230,14 @@ void cell_backward(int mode, int dtype, int nthreads, int64_t B, int64_t I, int6
   const int64_t G = cell_gates(mode);
   // dh arrives as dy and dh_n is zero; the gate gradients (unless the caller takes them) and the driver's
   // two-step rings (which a single step only names) are scratch. doubles: room for either dtype.
-  std::vector<double> zeros(static_cast<size_t>(B * H), 0.0), scratch(static_cast<size_t>(4 * B * H + 2 * B * G * H));
-  a.dy = dh, a.dh_n = reinterpret_cast<uintptr_t>(zeros.data());
-  a.dh_prev_ws = reinterpret_cast<uintptr_t>(scratch.data());
-  a.dc_prev_ws = reinterpret_cast<uintptr_t>(scratch.data() + 2 * B * H);
-  a.d_gates = d_gates ? d_gates : reinterpret_cast<uintptr_t>(scratch.data() + 4 * B * H);
-  if (mode == 1) a.d_gates_h = d_gates_h ? d_gates_h : reinterpret_cast<uintptr_t>(scratch.data() + 4 * B * H + B * G * H);
+  double* scratch = cell_scratch(static_cast<size_t>(5 * B * H + 2 * B * G * H));
+  double* zeros = scratch + 4 * B * H;
+  std::fill(zeros, zeros + B * H, 0.0);
+  a.dy = dh, a.dh_n = reinterpret_cast<uintptr_t>(zeros);
+  a.dh_prev_ws = reinterpret_cast<uintptr_t>(scratch);
+  a.dc_prev_ws = reinterpret_cast<uintptr_t>(scratch + 2 * B * H);
+  a.d_gates = d_gates ? d_gates : reinterpret_cast<uintptr_t>(scratch + 5 * B * H);
+  if (mode == 1) a.d_gates_h = d_gates_h ? d_gates_h : reinterpret_cast<uintptr_t>(scratch + 5 * B * H + B * G * H);
   // h (the output, which the RNN's derivative reads as h_n) and c (LSTM, recomputed from the gates when 0) may be
   // 0 where the caller did not keep them.
   a.y = a.h_n = h, a.cell = c, a.h0 = h0, a.c0 = c0, a.dc_n = dc, a.gates = gates, a.gh_n = gh_n, a.h_prev_ws = h0;

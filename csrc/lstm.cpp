@@ -47,8 +47,10 @@ struct LstmCell {
     return cell_ring ? cell_ring + ((it & 1) * B + b) * H : cell + n * H;
   }
 
-  void forward_vec(int64_t n, int64_t b, int64_t prev, int64_t it, int64_t u, int cnt, const T* /*h_prev*/,
-                   const V* acc) {
+  // Always inlined: the layers' per-step loop lost 5-10% (LSTM forward at T=100 B=64) when the cells' single-step
+  // path became a third caller and GCC stopped inlining it there.
+  __attribute__((always_inline)) void forward_vec(int64_t n, int64_t b, int64_t prev, int64_t it, int64_t u, int cnt,
+                                                  const T* /*h_prev*/, const V* acc) {
     const T* gxr = gx + n * 4 * H + u;
     const V i = vsigmoid(acc[0] + vload(gxr, cnt));
     const V f = vsigmoid(acc[1] + vload(gxr + H, cnt));

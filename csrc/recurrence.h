@@ -131,9 +131,10 @@ struct ColumnBlock {
   T operator()(int r, int64_t k) const { return base[k * stride_k + r]; }
 };
 
-// acc[r][v] = sum_k a(r, k) * panel[k][v]  for MR rows and NV vectors of W lanes. The packed panel holds the
-// NV*W weight columns of one k contiguously, so a step of k is NV vector loads, MR broadcasts and MR*NV FMAs,
-// all accumulators in registers (MR and NV are chosen per ISA so they fit).
+// acc[r][v] = sum_k a(r, k) * panel[k * ld + v * W + lane]  for MR rows and NV vectors of W lanes. A packed
+// panel holds the NV*W weight columns of one k contiguously (ld = NV*W); a row-major weight read in place has
+// ld = its row length. A step of k is NV vector loads, MR broadcasts and MR*NV FMAs, all accumulators in
+// registers (MR and NV are chosen per ISA so they fit).
 // Chains of dependent FMAs a microkernel of MR x NV accumulators splits its depth into, so that at least ~12
 // FMAs are in flight (FMA latency x pipes): small tiles (B = 1, 2) would otherwise wait on FMA latency.
 constexpr int depth_chains(int mr, int nv) {
@@ -143,7 +144,8 @@ constexpr int depth_chains(int mr, int nv) {
 }
 
 template <typename T, int MR, int NV, typename A>
-inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR][NV]) {
+inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR][NV],
+                        int64_t ld = NV * Simd<T>::W) {
   constexpr int W = Simd<T>::W, KS = depth_chains(MR, NV);
   if constexpr (KS > 1) {
     Vec<T> part[KS][MR][NV];
@@ -159,7 +161,7 @@ inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR]
       for (int c = 0; c < KS; ++c) {
         Vec<T> w[NV];
 #pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) w[v] = vload(panel + ((k + c) * NV + v) * W);
+        for (int v = 0; v < NV; ++v) w[v] = vload(panel + (k + c) * ld + v * W);
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
           const Vec<T> ar = vsplat(a(r, k + c));
@@ -173,7 +175,7 @@ inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR]
       for (int r = 0; r < MR; ++r) {
         const Vec<T> ar = vsplat(a(r, k));
 #pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) part[0][r][v] += ar * vload(panel + (k * NV + v) * W);
+        for (int v = 0; v < NV; ++v) part[0][r][v] += ar * vload(panel + k * ld + v * W);
       }
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
@@ -196,7 +198,7 @@ inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR]
   for (int64_t k = 0; k < K; ++k) {
     Vec<T> w[NV];
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) w[v] = vload(panel + (k * NV + v) * W);
+    for (int v = 0; v < NV; ++v) w[v] = vload(panel + k * ld + v * W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const Vec<T> ar = vsplat(a(r, k));
@@ -213,35 +215,37 @@ inline void microkernel(const A& a, int64_t K, const T* panel, Vec<T> (&acc)[MR]
 // Runs the microkernel over rows [0, rows) in tiles of up to MR rows (the last tile instantiated for its
 // own size), handing each row's NV accumulators to epilogue(row, acc).
 template <typename T, int MR, int NV, typename RowPtr, typename Epilogue>
-inline void tile_rows(int64_t b0, int64_t K, const T* panel, RowPtr& row_ptr, Epilogue& epilogue) {
+inline void tile_rows(int64_t b0, int64_t K, const T* panel, int64_t ld, RowPtr& row_ptr, Epilogue& epilogue) {
   const T* a[MR];
   for (int r = 0; r < MR; ++r) a[r] = row_ptr(b0 + r);
   Vec<T> acc[MR][NV];
-  microkernel<T, MR, NV>(RowPointers<T, MR>{a}, K, panel, acc);
+  microkernel<T, MR, NV>(RowPointers<T, MR>{a}, K, panel, acc, ld);
   for (int r = 0; r < MR; ++r) epilogue(b0 + r, acc[r]);
 }
 
 template <typename T, int MR, int NV, typename RowPtr, typename Epilogue>
-inline void tail_rows(int64_t b0, int64_t left, int64_t K, const T* panel, RowPtr& row_ptr, Epilogue& epilogue) {
+inline void tail_rows(int64_t b0, int64_t left, int64_t K, const T* panel, int64_t ld, RowPtr& row_ptr,
+                      Epilogue& epilogue) {
   if constexpr (MR > 0) {
-    if (left == MR) return tile_rows<T, MR, NV>(b0, K, panel, row_ptr, epilogue);
-    tail_rows<T, MR - 1, NV>(b0, left, K, panel, row_ptr, epilogue);
+    if (left == MR) return tile_rows<T, MR, NV>(b0, K, panel, ld, row_ptr, epilogue);
+    tail_rows<T, MR - 1, NV>(b0, left, K, panel, ld, row_ptr, epilogue);
   }
 }
 
 // Rows go in equal tiles of at most MR (20 rows with MR = 6: 5+5+5+5, not 6+6+6+2), since a tile streams
-// the whole panel whatever its height.
+// the whole panel whatever its height. ld: the panel's stride in k (see microkernel).
 template <typename T, int MR, int NV, typename RowPtr, typename Epilogue>
-inline void gemm_rows(int64_t rows, int64_t K, const T* panel, RowPtr row_ptr, Epilogue epilogue) {
+inline void gemm_rows(int64_t rows, int64_t K, const T* panel, RowPtr row_ptr, Epilogue epilogue,
+                      int64_t ld = NV * Simd<T>::W) {
   if (rows <= 0) return;
   const int64_t tiles = (rows + MR - 1) / MR, base = rows / tiles, taller = rows % tiles;
   int64_t b0 = 0;
   for (int64_t i = 0; i < tiles; ++i) {
     const int64_t height = base + (i < taller ? 1 : 0);
     if (height == MR) {
-      tile_rows<T, MR, NV>(b0, K, panel, row_ptr, epilogue);
+      tile_rows<T, MR, NV>(b0, K, panel, ld, row_ptr, epilogue);
     } else {
-      tail_rows<T, MR - 1, NV>(b0, height, K, panel, row_ptr, epilogue);
+      tail_rows<T, MR - 1, NV>(b0, height, K, panel, ld, row_ptr, epilogue);
     }
     b0 += height;
   }
@@ -360,6 +364,8 @@ struct ColumnPanels {
   Range cols;
   int64_t K, count;
   PanelBuffer<T> data;
+  const T* view = nullptr;  // see view_rows
+  int64_t view_ld = 0;
   // Room for depth up to max_k, packed (and repacked) by pack_rows / pack_columns / pack: a GEMM walking K in
   // blocks reuses one buffer instead of allocating (and page-faulting) a fresh one per block.
   ColumnPanels(Range c, int64_t max_k)
@@ -409,7 +415,16 @@ struct ColumnPanels {
       }
     }
   }
-  const T* panel(int64_t p) const { return data.data + p * K * NC; }
+  // Instead of packing: reads a row-major source (element (k, c) at rows[k * ld + c]) in place, for a single
+  // step, which would pack more than it computes. Whole vectors only: every panel's columns end at cols.end,
+  // so cols.begin, cols.end and ld must be multiples of W (the loads of a row then stay inside it).
+  void view_rows(int64_t k, const T* rows, int64_t ld) {
+    K = k;
+    view = rows;
+    view_ld = ld;
+  }
+  const T* panel(int64_t p) const { return view ? view + first_col(p) : data.data + p * K * NC; }
+  int64_t panel_ld(int64_t p) const { return view ? view_ld : width(p) * W; }  // stride in k
   int64_t first_col(int64_t p) const { return cols.begin + p * NC; }
   int width(int64_t p) const {  // vectors in panel p
     const int64_t left = (cols.end - first_col(p) + W - 1) / W;
@@ -420,20 +435,26 @@ struct ColumnPanels {
   void gemm(int64_t p, int64_t rows, RowPtr row_ptr, Epilogue epilogue) const {
     static_assert(NV <= 4, "widths up to 4 vectors are instantiated");
     switch (width(p)) {
-      case 1: return gemm_rows<T, rows_for(1), 1>(rows, K, panel(p), row_ptr, epilogue);
-      case 2: return gemm_rows<T, rows_for(2), 2>(rows, K, panel(p), row_ptr, epilogue);
-      case 3: return gemm_rows<T, rows_for(3), 3>(rows, K, panel(p), row_ptr, epilogue);
-      default: return gemm_rows<T, rows_for(NV), NV>(rows, K, panel(p), row_ptr, epilogue);
+      case 1: return gemm_rows<T, rows_for(1), 1>(rows, K, panel(p), row_ptr, epilogue, panel_ld(p));
+      case 2: return gemm_rows<T, rows_for(2), 2>(rows, K, panel(p), row_ptr, epilogue, panel_ld(p));
+      case 3: return gemm_rows<T, rows_for(3), 3>(rows, K, panel(p), row_ptr, epilogue, panel_ld(p));
+      default: return gemm_rows<T, rows_for(NV), NV>(rows, K, panel(p), row_ptr, epilogue, panel_ld(p));
     }
   }
 };
 
-// A single step (cells, T = 1) of one or two rows, or a tiny one, is not worth packing W_hh for: its gates are
-// dot products of the state with W_hh's rows as they lie, and its dh GEMM an axpy over them, on one thread
-// (each row streams W_hh once). From 3-4 rows on, packing (whole-vector transposes) and splitting the units
-// over the threads wins: LSTM B=4 H=256 42 -> 29 us, B=32 134 -> 70 us.
-inline bool single_step_direct(const RecurrenceArgs& a, int64_t macs) {
-  return a.T == 1 && a.P == 0 && (a.B <= 2 || macs <= (int64_t{1} << 16));
+// A single step (cells, T = 1) of few rows, or a tiny one, runs "direct": its gates are dot products of the rows
+// (two at a time) with W_hh's (and W_ih's) rows as they lie (dot_block_pair), its dh GEMM an axpy over them, each
+// thread a block of units. Each pair of rows streams the weights once, so this pays only for a few rows; from
+// there on single_step_forward and the backward's in-place panels take over (both also read the weights where
+// they lie). Kernel alone, input projection included, H=256 on 2 threads (direct / single-step, us): forward
+// LSTM B=4 37 / 89, B=6 54 / 89, B=8 77 / 91, B=12 103 / 93, B=16 137 / 98 (GRU and RNN alike); backward (dx
+// and weight gradients included) LSTM B=4 196-209 / 113, GRU 134-138 / 81, RNN 47-56 / 26. So the forward goes
+// direct up to 8 rows, the backward up to 2.
+constexpr int64_t kDirectForwardMaxRows = 8;
+constexpr int64_t kDirectBackwardMaxRows = 2;
+inline bool single_step_direct(const RecurrenceArgs& a, int64_t macs, int64_t max_rows) {
+  return a.T == 1 && a.P == 0 && (a.B <= max_rows || macs <= (int64_t{1} << 16));
 }
 
 // Splitting a sequence over threads by batch rows instead of hidden units. Rows are independent through the
@@ -487,37 +508,89 @@ inline Range active_rows(const Schedule& s, Range mine, int64_t t) {
   return {mine.begin, std::max(mine.begin, std::min(mine.end, s.batch[t]))};
 }
 
-// out[j] = dot(x, rows + j * ld) over n elements, for j < cnt (cnt <= W): the matrix-vector product of a step
-// with one or two rows, on W_hh's (or W_ih's) rows as they lie. Rows go four at a time so each load of x serves
-// four rows (one load per multiply-add instead of two: the loads, not the FMAs, bound this loop).
+// Lane j of the result = dot(x, rows + j * ld) over n elements, for j < cnt (cnt <= W; the other lanes are
+// zero): the matrix-vector product of a step with few rows, on the weight rows as they lie. One accumulator
+// per row, each a vector of partial sums along k, so one load of x serves W rows; sum_lanes_across folds them
+// into one vector whose lanes are the rows in order, as the cell's epilogue takes its units. (It replaced
+// dot products four rows at a time, each summed across its lanes on its own.)
 template <typename T>
-inline void dot_rows(const T* x, const T* rows, int64_t ld, int cnt, int64_t n, T* out) {
+inline Vec<T> dot_block(const T* x, const T* rows, int64_t ld, int cnt, int64_t n) {
   constexpr int W = Simd<T>::W;
-  auto hsum = [](Vec<T> v) {
-    T sum = T(0);
-    for (int l = 0; l < W; ++l) sum += v[l];
-    return sum;
-  };
-  int j = 0;
-  for (; j + 4 <= cnt; j += 4) {
-    const T* r0 = rows + j * ld;
-    Vec<T> acc[4] = {};
-    for (int64_t k = 0; k < n; k += W) {
-      const int c = static_cast<int>(std::min<int64_t>(W, n - k));
-      const Vec<T> xv = vload(x + k, c);
-#pragma GCC unroll 4
-      for (int q = 0; q < 4; ++q) acc[q] += xv * vload(r0 + q * ld + k, c);
-    }
-    for (int q = 0; q < 4; ++q) out[j + q] = hsum(acc[q]);
+  const T* row[W];
+  for (int j = 0; j < W; ++j) row[j] = rows + std::min(j, cnt - 1) * ld;  // rows past cnt repeat the last
+  Vec<T> acc[W];
+#pragma GCC unroll 16
+  for (int j = 0; j < W; ++j) acc[j] = Vec<T>{};
+  int64_t k = 0;
+  for (; k + W <= n; k += W) {
+    const Vec<T> xv = vload(x + k);
+#pragma GCC unroll 16
+    for (int j = 0; j < W; ++j) acc[j] += xv * vload(row[j] + k);
   }
-  for (; j < cnt; ++j) {
-    const T* r = rows + j * ld;
-    Vec<T> acc{};
-    for (int64_t k = 0; k < n; k += W) {
-      const int c = static_cast<int>(std::min<int64_t>(W, n - k));
-      acc += vload(x + k, c) * vload(r + k, c);
+  if (k < n) {
+    const int c = static_cast<int>(n - k);
+    const Vec<T> xv = vload(x + k, c);
+#pragma GCC unroll 16
+    for (int j = 0; j < W; ++j) acc[j] += xv * vload(row[j] + k, c);
+  }
+  const Vec<T> sums = sum_lanes_across<T>(acc);
+  if (cnt == W) return sums;
+  T lanes[W];
+  vstore(lanes, sums);
+  return vload(lanes, cnt);
+}
+
+// dot_block for two rows at once: out[i] lane j = dot(x_i, rows + j * ld), for x_0 = x and x_1 = x + x_stride.
+// Each load of a weight row serves both rows, which halves the weight traffic from L2 per row: that traffic,
+// not the FMAs, bounds the direct path beyond a row (LSTM forward at H=256, B=4: 49 -> 35 us). The W weight
+// rows go in two passes of W/2 (2 x W/2 accumulators, as many registers as dot_block's), each folded into a
+// vector whose low half belongs to x_0 and high half to x_1; two shuffles put the halves in row order.
+template <typename T>
+inline void dot_block_pair(const T* x, int64_t x_stride, const T* rows, int64_t ld, int cnt, int64_t n, Vec<T>* out) {
+  constexpr int W = Simd<T>::W, HW = W / 2;
+  static_assert(W >= 2, "two rows share a vector");
+  Vec<T> half[2];
+  for (int pass = 0; pass < 2; ++pass) {
+    const T* row[HW];
+    for (int j = 0; j < HW; ++j) row[j] = rows + std::min(pass * HW + j, cnt - 1) * ld;  // past cnt: the last
+    Vec<T> acc[W];  // acc[j]: x_0 with row j of the pass; acc[HW + j]: x_1 with it
+#pragma GCC unroll 16
+    for (int j = 0; j < W; ++j) acc[j] = Vec<T>{};
+    int64_t k = 0;
+    for (; k + W <= n; k += W) {
+      const Vec<T> x0 = vload(x + k), x1 = vload(x + x_stride + k);
+#pragma GCC unroll 16
+      for (int j = 0; j < HW; ++j) {
+        const Vec<T> w = vload(row[j] + k);
+        acc[j] += x0 * w;
+        acc[HW + j] += x1 * w;
+      }
     }
-    out[j] = hsum(acc);
+    if (k < n) {
+      const int c = static_cast<int>(n - k);
+      const Vec<T> x0 = vload(x + k, c), x1 = vload(x + x_stride + k, c);
+#pragma GCC unroll 16
+      for (int j = 0; j < HW; ++j) {
+        const Vec<T> w = vload(row[j] + k, c);
+        acc[j] += x0 * w;
+        acc[HW + j] += x1 * w;
+      }
+    }
+    half[pass] = sum_lanes_across<T>(acc);
+  }
+  using I = typename Simd<T>::I;
+  I first, second;
+  for (int l = 0; l < W; ++l) {
+    first[l] = l < HW ? l : W + l - HW;
+    second[l] = l < HW ? l + HW : W + l;
+  }
+  out[0] = __builtin_shuffle(half[0], half[1], first);
+  out[1] = __builtin_shuffle(half[0], half[1], second);
+  if (cnt == W) return;
+  for (int i = 0; i < 2; ++i) {
+    T lanes[W];
+    vstore(lanes, out[i]);
+    out[i] = vload(lanes, cnt);
   }
 }
 
@@ -565,12 +638,21 @@ struct CellInput {
     if (b_hh && r < Cell::kFoldedHiddenBiasGates * H) v += b_hh[r];
     return v;
   }
-  // Rows too few to pack for: gx of row b, units [u, u+cnt) of every gate, as dot products with W_ih's rows.
-  void project_units(int64_t b, int64_t u, int cnt) const {
+  // Rows too few to pack for: gx of rows b (and b + 1 if pair), units [u, u+cnt) of every gate, as dot products
+  // with W_ih's rows.
+  void project_units(int64_t b, bool pair, int64_t u, int cnt) const {
     for (int g = 0; g < G; ++g) {
-      T* out = gx + b * G * H + g * H + u;
-      dot_rows(x + b * I, w_ih + (g * H + u) * I, I, cnt, I, out);
-      for (int j = 0; j < cnt; ++j) out[j] += bias(g * H + u + j);
+      Vec<T> sums[2];
+      const T* w = w_ih + (g * H + u) * I;
+      if (pair)
+        dot_block_pair(x + b * I, I, w, I, cnt, I, sums);
+      else
+        sums[0] = dot_block(x + b * I, w, I, cnt, I);
+      for (int i = 0; i < (pair ? 2 : 1); ++i) {
+        T* out = gx + (b + i) * G * H + g * H + u;
+        vstore(out, sums[i], cnt);
+        for (int j = 0; j < cnt; ++j) out[j] += bias(g * H + u + j);
+      }
     }
   }
   // Otherwise all rows at once with the GEMM (before the step's parallel region).
@@ -605,6 +687,55 @@ struct CellInput {
     }
     bias_grads(d_gates, d_gates_h, rows);
   }
+  // A single step of more rows (inside the backward's parallel region, once the gate gradients are complete):
+  // the same products with the weights and inputs read where they lie rather than packed for pyrnn's GEMM, which
+  // for one step moved more data than it multiplied. Needs rows of whole vectors: in_place(Hin).
+  bool in_place(int64_t Hin) const {
+    constexpr int W = Simd<T>::W;
+    return I % W == 0 && Hin % W == 0;
+  }
+  // Columns [cols) (multiples of W) of dx [B, I] = d_gates [B, G*H] W_ih [G*H, I].
+  void input_grad_in_place(const T* d_gates, T* dx, Range cols) const {
+    constexpr int W = Simd<T>::W;
+    ColumnPanels<T, kPlainNV> w(cols, 0);
+    w.view_rows(G * H, w_ih, I);
+    for (int64_t p = 0; p < w.count; ++p) {
+      const int64_t c0 = w.first_col(p);
+      const int nv = w.width(p);
+      w.gemm(p, B, [&](int64_t b) { return d_gates + b * G * H; }, [&](int64_t b, const Vec<T>* acc) {
+        for (int v = 0; v < nv; ++v) vstore(dx + b * I + c0 + v * W, acc[v]);
+      });
+    }
+  }
+  // Rows [rows) of the weight and bias gradients: dW_ih = d_gates^T x, dW_hh = d_gates_h^T h0, as [rows, B]
+  // copies of the gate gradients' columns (B * rows elements) against x and h0 in place.
+  void weight_grads_in_place(const T* d_gates, const T* d_gates_h, Range rows, int64_t Hin) const {
+    constexpr int W = Simd<T>::W;
+    const int64_t GH = G * H, n = rows.end - rows.begin;
+    PanelBuffer<T> cols_t(n * B);  // [rows, B]
+    auto gradient = [&](const T* dg, const T* in, int64_t K_in, T* dw, T* db) {
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < n; ++i) cols_t.data[i * B + b] = dg[b * GH + rows.begin + i];
+      if (db)
+        for (int64_t i = 0; i < n; ++i) {
+          T sum = T(0);
+          for (int64_t b = 0; b < B; ++b) sum += cols_t.data[i * B + b];
+          db[rows.begin + i] = sum;
+        }
+      if (!dw) return;
+      ColumnPanels<T, kPlainNV> in_cols(Range{0, K_in}, 0);
+      in_cols.view_rows(B, in, K_in);
+      for (int64_t p = 0; p < in_cols.count; ++p) {
+        const int64_t c0 = in_cols.first_col(p);
+        const int nv = in_cols.width(p);
+        in_cols.gemm(p, n, [&](int64_t i) { return cols_t.data + i * B; }, [&](int64_t i, const Vec<T>* acc) {
+          for (int v = 0; v < nv; ++v) vstore(dw + (rows.begin + i) * K_in + c0 + v * W, acc[v]);
+        });
+      }
+    };
+    if (dw_ih || db_ih) gradient(d_gates, x, I, dw_ih, db_ih);
+    if (dw_hh || db_hh) gradient(d_gates_h, h0, Hin, dw_hh, db_hh);
+  }
   // Otherwise GEMMs (after the backward's parallel region): dW = d_gates^T [G*H, B] (read in place) times x or h0.
   void weight_grads(const T* d_gates, const T* d_gates_h, int nthreads) const {
     const int64_t GH = G * H;
@@ -636,6 +767,86 @@ struct CellInput {
     gemm(g);
   }
 };
+
+// The forward of a single step (a cell call: T = 1, no projection) of more rows than single_step_direct takes.
+// Packing W_hh into panels, as a layer does once for all its steps, would here move every weight for one
+// product (an LSTM cell at B=32 H=256 spent more time packing than multiplying), so the operands swap roles:
+// h0^T [Hin, B] is what gets packed (B*Hin elements), and W_hh's rows, read where they lie, are the
+// microkernel's broadcast rows. A tile comes out as [gate rows, batch lanes]; one W x W transpose per gate
+// turns it into the unit lanes the cell's epilogue takes. The input projection (x given) goes the same way,
+// x^T packed and W_ih's rows in place, into gx just before the epilogue reads it. Each thread owns a block of
+// units (all G gates of them), so nothing is shared and no barrier is needed.
+template <typename T, typename Cell>
+void single_step_forward(const RecurrenceArgs& a, const CellInput<T, Cell>& input, Cell& cell, const T* h0,
+                         T* h_prev_ws) {
+  constexpr int W = Simd<T>::W, G = Cell::G, NV = kPlainNV, NC = NV * W;
+  const int64_t B = a.B, H = a.H, I = a.I, GH = G * H;
+  const T* w_hh = cptr<T>(a.w_hh);  // [G*H, H]
+  ColumnPanels<T, NV> h0_t(Range{0, B}, H);  // h0^T: [H, B], batch columns in panels of NC
+  h0_t.pack_columns(H, [&](int64_t b) { return h0 + b * H; });
+  ColumnPanels<T, NV> x_t(Range{0, input ? B : 0}, input ? I : 0);  // x^T: [I, B], likewise
+  if (input) x_t.pack_columns(I, [&](int64_t b) { return input.x + b * I; });
+  const int nthreads = threads_for(B * GH * (H + (input ? I : 0)), (H + W - 1) / W, a.nthreads);
+  ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier&) {
+    const Range units = split(H, tid, nt, W);
+    if (h_prev_ws)  // the step's input state, columns of this thread's units
+      for (int64_t b = 0; b < B; ++b)
+        copy_row(h0 + b * H + units.begin, units.end - units.begin, h_prev_ws + b * H + units.begin);
+    PanelBuffer<T> tile(G * W * NC);  // [gate row of this unit block, batch column of the panel]
+    Vec<T> gate_acc[W][G];            // the tile transposed: [batch row][gate] vectors over the block's units
+    for (int64_t u = units.begin; u < units.end; u += W) {
+      const int cnt = static_cast<int>(std::min<int64_t>(W, units.end - u));
+      // Tile row i is gate i / cnt of unit u + i % cnt; tile_gemm fills the tile from the weight rows `w`
+      // [G*H, K] against the packed batch panel p of `panels`, and gate g of its columns [v*W, v*W + W) comes
+      // out of transposed(g, v) as `block[r]` = gate g of units [u, u + W) for batch row v*W + r of the panel.
+      auto tile_gemm = [&](const ColumnPanels<T, NV>& panels, int64_t p, const T* w, int64_t K) {
+        const int nv = panels.width(p);
+        panels.gemm(p, G * cnt, [&](int64_t i) { return w + ((i / cnt) * H + u + i % cnt) * K; },
+                    [&](int64_t i, const Vec<T>* acc) {
+                      for (int v = 0; v < nv; ++v) vstore(tile.data + i * NC + v * W, acc[v]);
+                    });
+      };
+      auto transposed = [&](int g, int v, Vec<T>* block) {
+        for (int i = 0; i < W; ++i) block[i] = i < cnt ? vload(tile.data + (g * cnt + i) * NC + v * W) : Vec<T>{};
+        transpose_block<T>(block);
+      };
+      Vec<T> bias[G];
+      if (input)
+        for (int g = 0; g < G; ++g) {
+          T lanes[W] = {};
+          for (int j = 0; j < cnt; ++j) lanes[j] = input.bias(g * H + u + j);
+          bias[g] = vload(lanes);
+        }
+      for (int64_t p = 0; p < h0_t.count; ++p) {
+        const int nv = h0_t.width(p);
+        const int64_t first = h0_t.first_col(p);
+        if (input) {  // gx [B, G*H] of these units and rows
+          tile_gemm(x_t, p, input.w_ih, I);
+          for (int v = 0; v < nv; ++v) {
+            const int rows = static_cast<int>(std::min<int64_t>(W, B - first - v * W));
+            for (int g = 0; g < G; ++g) {
+              Vec<T> block[W];
+              transposed(g, v, block);
+              for (int r = 0; r < rows; ++r) vstore(input.gx + (first + v * W + r) * GH + g * H + u, block[r] + bias[g], cnt);
+            }
+          }
+        }
+        tile_gemm(h0_t, p, w_hh, H);
+        for (int v = 0; v < nv; ++v) {
+          const int64_t b0 = first + v * W;
+          const int rows = static_cast<int>(std::min<int64_t>(W, B - b0));
+          for (int g = 0; g < G; ++g) {
+            Vec<T> block[W];
+            transposed(g, v, block);
+            for (int r = 0; r < rows; ++r) gate_acc[r][g] = block[r];
+          }
+          for (int r = 0; r < rows; ++r)
+            cell.forward_vec(b0 + r, b0 + r, -1, 0, u, cnt, h0 + (b0 + r) * H, gate_acc[r]);
+        }
+      }
+    }
+  });
+}
 
 // Forward of one layer-direction. The Cell provides:
 //   G, NU                     gates per unit; unit vectors per forward panel
@@ -673,29 +884,42 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
     }
   };
   const CellInput<T, Cell> input(a);
-  const bool direct = single_step_direct(a, a.B * G * H * Hin);
-  if (input && !direct) input.project_all(a.nthreads);
+  const bool direct = single_step_direct(a, a.B * G * H * Hin, kDirectForwardMaxRows);
+  const bool single_step = !direct && a.T == 1 && P == 0;
+  if (input && !direct && !single_step) input.project_all(a.nthreads);
   if (direct) {  // each thread takes a block of units, all rows
     const int64_t bs = s.batch[0], off = s.offset[0];
     const int nthreads = threads_for(bs * G * H * (Hin + a.I), (H + W - 1) / W, a.nthreads);
     ThreadTeam::instance().run(nthreads, [&](int tid, int nt, SpinBarrier&) {
       const Range units = split(H, tid, nt, W);
-      for (int64_t b = 0; b < bs; ++b) {
-        const T* hp = state_row(0, b);
-        if (h_prev_ws && tid == 0) copy_row(hp, Hin, h_prev_ws + (off + b) * Hin);
+      for (int64_t b = 0; b < bs; b += 2) {  // rows in pairs (dot_block_pair), the last one alone if odd
+        const bool pair = b + 1 < bs;
+        const T* hp = state_row(0, b);  // one step: rows b and b + 1 start from h0, Hin apart
+        if (h_prev_ws && tid == 0) copy_row(hp, (pair ? 2 : 1) * Hin, h_prev_ws + (off + b) * Hin);
         for (int64_t u = units.begin; u < units.end; u += W) {
           const int cnt = static_cast<int>(std::min<int64_t>(W, units.end - u));
-          if (input) input.project_units(b, u, cnt);
-          Vec<T> gate_acc[G];
+          if (input) input.project_units(b, pair, u, cnt);
+          Vec<T> gate_acc[2][G];
           for (int g = 0; g < G; ++g) {
-            T sums[W];
-            dot_rows(hp, w_hh + (g * H + u) * Hin, Hin, cnt, Hin, sums);
-            gate_acc[g] = vload(sums, cnt);
+            const T* w = w_hh + (g * H + u) * Hin;
+            if (pair) {
+              Vec<T> sums[2];
+              dot_block_pair(hp, Hin, w, Hin, cnt, Hin, sums);
+              gate_acc[0][g] = sums[0], gate_acc[1][g] = sums[1];
+            } else {
+              gate_acc[0][g] = dot_block(hp, w, Hin, cnt, Hin);
+            }
           }
-          cell.forward_vec(off + b, b, -1, 0, u, cnt, hp, gate_acc);
+          for (int i = 0; i < (pair ? 2 : 1); ++i)
+            cell.forward_vec(off + b + i, b + i, -1, 0, u, cnt, hp + i * Hin, gate_acc[i]);
         }
       }
     });
+    write_final_states();
+    return;
+  }
+  if (single_step) {
+    single_step_forward<T>(a, input, cell, h0, h_prev_ws);
     write_final_states();
     return;
   }
@@ -836,7 +1060,7 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     return s.next_row(s.time_at(it), b) >= 0 ? ring_row(it + 1, b) : dh_n + b * Hin;
   };
   const CellInput<T, Cell> input(a);
-  const bool direct = single_step_direct(a, a.B * GH * Hin);
+  const bool direct = single_step_direct(a, a.B * GH * Hin, kDirectBackwardMaxRows);
   if (direct) {  // pointwise by blocks of units, then dh_prev (and dx) by blocks of columns
     const int64_t bs = s.batch[0], off = s.offset[0];
     const int nthreads = threads_for(bs * GH * (Hin + a.I), (H + W - 1) / W, a.nthreads);
@@ -871,6 +1095,7 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     return;
   }
   const int64_t NC = NV * W;
+  const bool inputs_in_place = input && a.T == 1 && input.in_place(Hin);
   const int by_rows = row_split_threads(
       a, static_cast<int64_t>(sizeof(T)) * ((Hin + NC - 1) / NC * NC * GH + (P > 0 ? (H + NC - 1) / NC * NC * P : 0)),
       kRowSplitBackwardMaxBytes, a.B * GH * Hin);
@@ -906,8 +1131,17 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
     // The rows of this thread active at iteration it.
     auto rows_at = [&](int64_t it) { return active_rows(s, my_rows, s.time_at(it)); };
     // [g*H + unit][column] = W_hh as it lies, packed by rows: one set of panels per item.
-    ColumnPanels<T, NV> dh_panels[3] = {{dh_cols(0), GH}, {dh_cols(1), GH}, {dh_cols(2), GH}};
-    for (auto& panels : dh_panels) panels.pack_rows(GH, w_hh, Hin);
+    // A single step (a cell call) reads W_hh where it lies (see single_step_forward), where its rows are whole
+    // vectors.
+    const bool w_hh_in_place = a.T == 1 && Hin % W == 0;
+    const int64_t max_k = w_hh_in_place ? 0 : GH;
+    ColumnPanels<T, NV> dh_panels[3] = {{dh_cols(0), max_k}, {dh_cols(1), max_k}, {dh_cols(2), max_k}};
+    for (auto& panels : dh_panels) {
+      if (w_hh_in_place)
+        panels.view_rows(GH, w_hh, Hin);
+      else
+        panels.pack_rows(GH, w_hh, Hin);
+    }
     ColumnPanels<T, NV> dm_panels(P > 0 ? units : Range{0, 0}, P);
     dm_panels.pack_rows(P, w_hr, H);
 
@@ -1002,8 +1236,12 @@ void run_backward(const RecurrenceArgs& a, Cell& cell) {
       pointwise(it - 1);
       sync();
     }
+    if (inputs_in_place) {  // the gate gradients are complete since the barrier after the (only) pointwise step
+      input.input_grad_in_place(cptr<T>(a.d_gates), mptr<T>(a.dx), split(a.I, tid, nt, W));
+      input.weight_grads_in_place(cptr<T>(a.d_gates), d_gates_h, split(GH, tid, nt, W), Hin);
+    }
   });
-  if (input) {
+  if (input && !inputs_in_place) {
     input.input_grad(cptr<T>(a.d_gates), mptr<T>(a.dx), a.nthreads);
     input.weight_grads(cptr<T>(a.d_gates), d_gates_h, a.nthreads);
   }

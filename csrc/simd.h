@@ -141,6 +141,28 @@ inline void transpose_block(Vec<T>* v) {
   if constexpr (Simd<T>::W > 1) transpose_stage<T, Simd<T>::W / 2>(v);
 }
 
+// Lane l of the result = the sum of v[l]'s lanes, for the W vectors v[0..W) (clobbered): transpose_block's
+// stages with the two halves of each shuffle pair added instead of kept, so W - 1 pairs in all. After the stage
+// of S, vector i < S holds partial sums of row i in its lanes with bit S clear and of row i + S in those with
+// it set; at the end lane l holds row l's.
+template <typename T, int S>
+inline void fold_stage(Vec<T>* v) {
+  constexpr int W = Simd<T>::W;
+  using I = typename Simd<T>::I;
+  I lo, hi;
+  for (int l = 0; l < W; ++l) {
+    lo[l] = (l & S) ? W + l - S : l;
+    hi[l] = (l & S) ? W + l : l + S;
+  }
+  for (int i = 0; i < S; ++i) v[i] = __builtin_shuffle(v[i], v[i + S], lo) + __builtin_shuffle(v[i], v[i + S], hi);
+  if constexpr (S > 1) fold_stage<T, S / 2>(v);
+}
+template <typename T>
+inline Vec<T> sum_lanes_across(Vec<T>* v) {
+  if constexpr (Simd<T>::W > 1) fold_stage<T, Simd<T>::W / 2>(v);
+  return v[0];
+}
+
 // Bit views of float lanes, unsigned so that shifts into the top bit are defined.
 typedef uint32_t UintVec __attribute__((vector_size(kVecBytes)));
 inline UintVec bits_of(Vec<float> v) {

@@ -872,22 +872,23 @@ def _cell_run(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace):
     gates = x.new_empty(B, G * H) if save_workspace and G > 1 else None
     gh_n = x.new_empty(B, H) if save_workspace and G == 3 else None
     if B > 0:  # (an empty batch is allowed, as torch.nn's cells allow it)
-        gx = None
-        if _cell_gemms_in_torch(B):  # the input projection in MKL, as a layer's; the kernel from gx on
-            gx = _projection(x, w_ih, b_ih, b_hh, 2 * H if G == 3 else G * H)  # [B, G*H]
+        # The input projection inside the kernel at every size, even where MKL runs the layers' GEMMs: the kernel
+        # reads the weights in place on all threads, where MKL keeps such small products on one (Intel Xeon,
+        # H=256, kernel alone / MKL addmm + kernel from gx: LSTM B=4 49 / 53 us, B=16 91-101 / 120-130, B=32
+        # 158 / 188, B=64 294 / 309; B=8 87-97 / 81-90).
         cpu_kernels().cell_forward(
-            _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H,
-            x.data_ptr() if gx is None else 0, h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih),
-            _ptr(b_hh), _ptr(gx), h.data_ptr(), _ptr(c), _ptr(gates), _ptr(gh_n),
+            _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
+            h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), h.data_ptr(), _ptr(c),
+            _ptr(gates), _ptr(gh_n),
         )
     return h, c, gates, gh_n
 
 
-# Rows from which a cell's GEMMs (input projection; backward: dx, weight gradients) run in torch's (MKL) where
-# torch_cpu_gemm() says so, rather than inside the cell kernel's one pass. On the Intel Xeon, 20-call cell loops
-# at H=256, kernel / MKL time: B=4-8 1.03-1.23x, B=32 1.01-1.06x; B=1-2 0.64-0.96x (the kernel's dot products
-# with the weight rows, one call into C++, win there).
-_CELL_TORCH_GEMM_MIN_ROWS = 4
+# Rows from which a cell backward's GEMMs (dx, weight gradients) run in torch's (MKL) where torch_cpu_gemm() says
+# so, rather than inside the cell kernel (which reads the weights and inputs in place on all threads). On the Intel
+# Xeon at H=256, kernel alone / kernel + MKL: LSTM B=4 113 / 135 us, B=8 143-145 / 159-223, B=16 214 / 207, B=24
+# 282 / 276, B=32 382-457 / 329-383, B=64 740-749 / 607-616 (GRU alike; RNN 0.9-1.0x of MKL's time throughout).
+_CELL_TORCH_GEMM_MIN_ROWS = 16
 
 
 def _cell_gemms_in_torch(rows: int) -> bool:

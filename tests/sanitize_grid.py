@@ -39,14 +39,22 @@ for cls, H, bi, packed, B, T, dtype in itertools.product(
             count += 1
 _C.set_isa("auto")
 _C.set_row_split_min_rows(6)
-# Cells through every kernel path: dot products with the weight rows (B = 1, 2; threaded, as the threshold is
-# 1), and the input projection and dx as GEMMs (B = 9), with and without biases.
-for cell in (pyrnn.LSTMCell, pyrnn.GRUCell, pyrnn.RNNCell):
-    for B, H, bias in ((1, 7, True), (2, 33, False), (9, 40, True)):
-        c = cell(5, H, bias=bias)
-        out = c(torch.randn(B, 5, requires_grad=True), None)
-        (out[0] if isinstance(out, tuple) else out).sum().backward()
-        count += 1
+# Cells through every kernel path, every instruction set, both dtypes: the forward's dot products with the weight
+# rows (in pairs, an odd row alone; threaded, as the threshold is 1) up to 8 rows and transposed tiles past them;
+# the backward's direct path (B = 1, 2) and its panels, packed (H = 40, I = 5) or reading the weights and inputs in
+# place (I, H multiples of the vector width), its GEMMs in the kernel or (B >= 16 where MKL runs) torch's.
+for isa in _C.available_isas():
+    _C.set_isa(isa)
+    for cell in (pyrnn.LSTMCell, pyrnn.GRUCell, pyrnn.RNNCell):
+        for B, I, H, bias, dtype in ((1, 5, 7, True, torch.float32), (2, 5, 33, False, torch.float64),
+                                     (3, 5, 33, True, torch.float32), (9, 5, 40, True, torch.float64),
+                                     (12, 32, 64, True, torch.float32), (12, 16, 48, False, torch.float64),
+                                     (20, 16, 32, True, torch.float32)):
+            c = cell(I, H, bias=bias, dtype=dtype)
+            out = c(torch.randn(B, I, dtype=dtype, requires_grad=True), None)
+            (out[0] if isinstance(out, tuple) else out).sum().backward()
+            count += 1
+_C.set_isa("auto")
 # Workspace-cache sized runs (buffers of 1 MiB and more): acquire, reuse, trim to a small cap, clear.
 pyrnn.set_workspace_cache_limit(8 << 20)
 for cls in (pyrnn.LSTM, pyrnn.GRU, pyrnn.RNN):

@@ -25,15 +25,20 @@ def test_cell_matches_torch(name, hidden, batch, bias, with_hx, dtype):
 
 
 @pytest.mark.parametrize("name", CELLS)
-@pytest.mark.parametrize("input_size,hidden,batch", [(9, 40, 1), (5, 17, 2), (3, 70, 9), (40, 33, 37), (4, 5, 0)])
+@pytest.mark.parametrize(
+    "input_size,hidden,batch",
+    [(9, 40, 1), (5, 17, 2), (6, 24, 3), (32, 64, 6), (3, 70, 9), (16, 96, 12), (40, 33, 37), (4, 5, 0)],
+)
 @pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("gemm", ["pyrnn", "torch"])
 def test_cell_kernel_paths(name, input_size, hidden, batch, threaded, gemm, monkeypatch):
-    """Every way the cell kernel runs a step: dot products with the weight rows (one or two rows, one thread or
-    units split over threads, hidden sizes not a multiple of the SIMD width) and, from a few rows on, the
-    input projection, dx and the weight gradients as GEMMs around the packed recurrent step, in the kernel's
-    own GEMM or in torch's (MKL, with the kernel taking gx and handing back the gate gradients:
-    pyrnn.set_cpu_gemm); an empty batch."""
+    """Every way the cell kernel runs a step: the forward's dot products with the weight rows (rows in pairs and an
+    odd one alone, one thread or units split over threads, hidden sizes not a multiple of the SIMD width) and,
+    past 8 rows, its transposed tiles (h0^T and x^T packed against the weight rows in place); the backward's
+    direct path (up to 2 rows) and its panels, reading W_hh, W_ih, x and h0 in place where sizes are whole
+    vectors (I, H of 32-96) and packing them otherwise, with dx and the weight gradients in the kernel or, from 16
+    rows where pyrnn.set_cpu_gemm says torch, in MKL from the gate gradients the kernel hands back; an empty
+    batch."""
     monkeypatch.setattr(pyrnn.backend, "_cpu_gemm", gemm)
     old = _C.get_parallel_threshold()
     if threaded:
