@@ -542,7 +542,7 @@ inline Vec<T> dot_block(const T* x, const T* rows, int64_t ld, int cnt, int64_t 
 
 // dot_block for two rows at once: out[i] lane j = dot(x_i, rows + j * ld), for x_0 = x and x_1 = x + x_stride.
 // Each load of a weight row serves both rows, which halves the weight traffic from L2 per row: that traffic,
-// not the FMAs, bounds the direct path beyond a row (LSTM forward at H=256, B=4: 49 -> 35 us). The W weight
+// not the FMAs, bounds the direct path beyond a row (LSTM forward at H=256, B=4: 49 -> 37 us). The W weight
 // rows go in two passes of W/2 (2 x W/2 accumulators, as many registers as dot_block's), each folded into a
 // vector whose low half belongs to x_0 and high half to x_1; two shuffles put the halves in row order.
 template <typename T>
@@ -654,12 +654,6 @@ struct CellInput {
         for (int j = 0; j < cnt; ++j) out[j] += bias(g * H + u + j);
       }
     }
-  }
-  // Otherwise all rows at once with the GEMM (before the step's parallel region).
-  void project_all(int nthreads) const {
-    run_gemm(nthreads, B, G * H, I, x, I, 1, w_ih, 1, I, gx, G * H);  // x [B, I] W_ih^T (read in place)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t r = 0; r < G * H; ++r) gx[b * G * H + r] += bias(r);
   }
   // Backward, rows too few to pack for: columns [cols) of dx [B, I] = d_gates [B, G*H] W_ih, an axpy per gate row.
   void input_grad_columns(const T* d_gates, T* dx, Range cols) const {
@@ -885,8 +879,7 @@ void run_forward(const RecurrenceArgs& a, Cell& cell) {
   };
   const CellInput<T, Cell> input(a);
   const bool direct = single_step_direct(a, a.B * G * H * Hin, kDirectForwardMaxRows);
-  const bool single_step = !direct && a.T == 1 && P == 0;
-  if (input && !direct && !single_step) input.project_all(a.nthreads);
+  const bool single_step = !direct && a.T == 1 && P == 0;  // (a cell's input projection, x given, is always one)
   if (direct) {  // each thread takes a block of units, all rows
     const int64_t bs = s.batch[0], off = s.offset[0];
     const int nthreads = threads_for(bs * G * H * (Hin + a.I), (H + W - 1) / W, a.nthreads);

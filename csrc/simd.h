@@ -117,10 +117,11 @@ inline Vec<T> vsplat(T x) {
   return x - Vec<T>{};
 }
 
-// Transposes the W x W block held in v[0..W) (v[i] = row i) in registers: log2(W) stages, each swapping the
-// off-diagonal S x S sub-blocks of row pairs (i, i + S) with two-source shuffles of constant masks.
+// The two-source shuffles of a stage of S on the row pair (a, b), with constant masks: `low` takes a's lanes
+// whose bit S is clear and, in the lanes where it is set, b's lanes S below; `high` takes a's lanes S above the
+// clear ones and b's set ones.
 template <typename T, int S>
-inline void transpose_stage(Vec<T>* v) {
+inline void shuffle_pair(Vec<T> a, Vec<T> b, Vec<T>& low, Vec<T>& high) {
   constexpr int W = Simd<T>::W;
   using I = typename Simd<T>::I;
   I lo, hi;
@@ -128,11 +129,18 @@ inline void transpose_stage(Vec<T>* v) {
     lo[l] = (l & S) ? W + l - S : l;
     hi[l] = (l & S) ? W + l : l + S;
   }
+  low = __builtin_shuffle(a, b, lo);
+  high = __builtin_shuffle(a, b, hi);
+}
+
+// Transposes the W x W block held in v[0..W) (v[i] = row i) in registers: log2(W) stages, each swapping the
+// off-diagonal S x S sub-blocks of row pairs (i, i + S).
+template <typename T, int S>
+inline void transpose_stage(Vec<T>* v) {
+  constexpr int W = Simd<T>::W;
   for (int i = 0; i < W; ++i) {
     if (i & S) continue;
-    const Vec<T> a = v[i], b = v[i + S];
-    v[i] = __builtin_shuffle(a, b, lo);
-    v[i + S] = __builtin_shuffle(a, b, hi);
+    shuffle_pair<T, S>(v[i], v[i + S], v[i], v[i + S]);
   }
   if constexpr (S > 1) transpose_stage<T, S / 2>(v);
 }
@@ -147,14 +155,11 @@ inline void transpose_block(Vec<T>* v) {
 // it set; at the end lane l holds row l's.
 template <typename T, int S>
 inline void fold_stage(Vec<T>* v) {
-  constexpr int W = Simd<T>::W;
-  using I = typename Simd<T>::I;
-  I lo, hi;
-  for (int l = 0; l < W; ++l) {
-    lo[l] = (l & S) ? W + l - S : l;
-    hi[l] = (l & S) ? W + l : l + S;
+  for (int i = 0; i < S; ++i) {
+    Vec<T> low, high;
+    shuffle_pair<T, S>(v[i], v[i + S], low, high);
+    v[i] = low + high;
   }
-  for (int i = 0; i < S; ++i) v[i] = __builtin_shuffle(v[i], v[i + S], lo) + __builtin_shuffle(v[i], v[i + S], hi);
   if constexpr (S > 1) fold_stage<T, S / 2>(v);
 }
 template <typename T>

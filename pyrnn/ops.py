@@ -874,8 +874,8 @@ def _cell_run(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save_workspace):
     if B > 0:  # (an empty batch is allowed, as torch.nn's cells allow it)
         # The input projection inside the kernel at every size, even where MKL runs the layers' GEMMs: the kernel
         # reads the weights in place on all threads, where MKL keeps such small products on one (Intel Xeon,
-        # H=256, kernel alone / MKL addmm + kernel from gx: LSTM B=4 49 / 53 us, B=16 91-101 / 120-130, B=32
-        # 158 / 188, B=64 294 / 309; B=8 87-97 / 81-90).
+        # H=256, kernel alone / MKL addmm + kernel from gx: LSTM B=4 37 / 53 us, B=8 77 / 81-90, B=16 91-101 /
+        # 120-130, B=32 158 / 188, B=64 294 / 309).
         cpu_kernels().cell_forward(
             _CELL_MODE_IDS[mode], _KERNEL_DTYPES[x.dtype], torch.get_num_threads(), B, I, H, x.data_ptr(),
             h0.data_ptr(), _ptr(c0), w_ih.data_ptr(), w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), h.data_ptr(), _ptr(c),
